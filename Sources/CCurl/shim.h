@@ -1,0 +1,4 @@
+#ifndef MARKOV_CCURL_SHIM_H
+#define MARKOV_CCURL_SHIM_H
+#include <curl/curl.h>
+#endif

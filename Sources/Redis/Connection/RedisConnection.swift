@@ -1,0 +1,140 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// One connection to one Redis node, multiplexed: any number of tasks may send on it at once, and their
+/// commands are pipelined and answered in order.
+///
+/// A connection that failed, closed or passed a deadline is never used again; ``isUsable`` turns false and the
+/// pool makes a new one.
+final class RedisConnection: Sendable {
+    let endpoint: RedisEndpoint
+    private let channel: any Channel
+
+    private init(endpoint: RedisEndpoint, channel: any Channel) {
+        self.endpoint = endpoint
+        self.channel = channel
+    }
+
+    /// Whether the socket is open. A connection whose deadline passed is closed, so this also covers timeouts.
+    var isUsable: Bool { self.channel.isActive }
+
+    /// Opens a connection, then sends `AUTH` and `SELECT` when the configuration asks for them.
+    static func connect(
+        to endpoint: RedisEndpoint,
+        configuration: RedisConfiguration,
+        eventLoopGroup: any EventLoopGroup,
+        logger: Logger
+    ) async throws(RedisError) -> RedisConnection {
+        let bootstrap = ClientBootstrap(group: eventLoopGroup)
+            .connectTimeout(.nanoseconds(Int64(configuration.connectTimeout.nanoseconds)))
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let reader = try HiredisReplyReader.make()
+                    let handler = RedisChannelHandler(reader: reader, peer: endpoint.description)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        let channel: any Channel
+        do {
+            switch endpoint {
+            case .tcp(let host, let port):
+                channel = try await bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .connect(host: host, port: port).get()
+            case .unix(let path):
+                channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
+            }
+        } catch {
+            throw RedisError(.connectionFailed, "could not connect to Redis at \(endpoint)", underlying: error)
+        }
+        let connection = RedisConnection(endpoint: endpoint, channel: channel)
+        var handshake: [RedisCommand] = []
+        if let password = configuration.password {
+            if let username = configuration.username {
+                handshake.append(RedisCommand("AUTH", .string(username), .string(password)))
+            } else {
+                handshake.append(RedisCommand("AUTH", .string(password)))
+            }
+        }
+        if configuration.database != 0 {
+            handshake.append(RedisCommand("SELECT", .integer(configuration.database)))
+        }
+        if !handshake.isEmpty {
+            do throws(RedisError) {
+                let replies = try await connection.send(handshake, timeout: configuration.connectTimeout)
+                for (command, reply) in zip(handshake, replies) {
+                    if case .error(let message) = reply {
+                        // The reply never echoes the password, so it is safe to show.
+                        throw RedisError(.connectionFailed, "\(command.name) on \(endpoint) failed: \(message)")
+                    }
+                }
+            } catch {
+                connection.close()
+                throw RedisError(.connectionFailed, error.message, underlying: error.underlying)
+            }
+        }
+        logger.debug("redis connection opened", metadata: ["redis.endpoint": "\(endpoint)"])
+        return connection
+    }
+
+    /// Sends commands in one write and returns one reply per command, in order. Error replies come back as
+    /// ``RedisReply/error(_:)``; connection failures and deadlines throw.
+    ///
+    /// With `closeOnCancel`, cancelling the calling task closes the connection (for blocking commands, whose
+    /// connection is dedicated); otherwise a cancelled caller still waits for its replies, which come back
+    /// within the deadline.
+    func send(
+        _ commands: [RedisCommand],
+        timeout: Duration,
+        closeOnCancel: Bool = false
+    ) async throws(RedisError) -> [RedisReply] {
+        guard !commands.isEmpty else { return [] }
+        var payload: ByteBuffer
+        if commands.count == 1 {
+            payload = commands[0].encoded
+        } else {
+            payload = self.channel.allocator.buffer(capacity: commands.reduce(0) { $0 + $1.encoded.readableBytes })
+            for command in commands { payload.writeImmutableBuffer(command.encoded) }
+        }
+        let promise = self.channel.eventLoop.makePromise(of: [RedisReply].self)
+        let batch = RedisBatch(
+            payload: payload,
+            count: commands.count,
+            deadline: .now() + .nanoseconds(Int64(timeout.nanoseconds)),
+            promise: promise
+        )
+        self.channel.writeAndFlush(batch, promise: nil)
+        do {
+            if closeOnCancel {
+                let channel = self.channel
+                return try await withTaskCancellationHandler {
+                    try await promise.futureResult.get()
+                } onCancel: {
+                    channel.close(promise: nil)
+                }
+            }
+            return try await promise.futureResult.get()
+        } catch let error as RedisError {
+            if closeOnCancel && Task.isCancelled {
+                throw RedisError(.cancelled, "\(commands[0].name) on \(self.endpoint) was cancelled", underlying: error)
+            }
+            throw error
+        } catch {
+            throw RedisError(.connectionClosed, "the connection to \(self.endpoint) failed", underlying: error)
+        }
+    }
+
+    /// Closes the connection; commands in flight fail with ``RedisError/Code/connectionClosed``.
+    func close() {
+        self.channel.close(promise: nil)
+    }
+}
+
+extension Duration {
+    /// The duration in whole nanoseconds, clamped to zero.
+    var nanoseconds: Int {
+        let (seconds, attoseconds) = self.components
+        return max(0, Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# `make test`: installs what is missing, starts the test Redis servers, runs `swift test`, and stops the
+# servers whatever the outcome.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+trap 'scripts/test-redis.sh stop' EXIT
+scripts/test-redis.sh start
+export MARKOV_TEST_REDIS_URL="redis://127.0.0.1:${MARKOV_TEST_STANDALONE_PORT:-16379}"
+export MARKOV_TEST_CLUSTER_NODES="127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003"
+export MARKOV_TEST_REDIS_SERVER="$(command -v redis-server)"
+swift test "$@"
