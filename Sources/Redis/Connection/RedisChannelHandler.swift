@@ -1,4 +1,18 @@
 import NIOCore
+import Synchronization
+
+/// Shared between a connection and its handler: turns true, before any caller hears of a failure, once the
+/// connection must not be used again.
+final class ConnectionHealth: Sendable {
+    private let failed = Atomic<Bool>(false)
+
+    var isFailed: Bool { self.failed.load(ordering: .acquiring) }
+
+    func markFailed() { self.failed.store(true, ordering: .releasing) }
+}
+
+/// Marks a command that never reached the socket, so it is safe to send again on another connection.
+struct CommandNotSent: Error {}
 
 /// A batch of commands written together (one command, or a pipeline) and the promise of their replies.
 struct RedisBatch {
@@ -36,15 +50,23 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     /// Set once the connection can no longer be used; later writes fail with it at once.
     private var failure: RedisError?
 
-    init(reader: HiredisReplyReader, peer: String) {
+    private let health: ConnectionHealth
+
+    init(reader: HiredisReplyReader, peer: String, health: ConnectionHealth) {
         self.reader = reader
         self.peer = peer
+        self.health = health
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let batch = self.unwrapOutboundIn(data)
         if let failure = self.failure {
-            batch.promise.fail(failure)
+            let notSent = RedisError(
+                .connectionClosed,
+                "the connection to \(self.peer) had failed; the command was not sent",
+                underlying: CommandNotSent()
+            )
+            batch.promise.fail(notSent)
             promise?.fail(failure)
             return
         }
@@ -119,6 +141,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
 
     /// Fails every batch in flight and closes the channel (when a context is given).
     private func failAll(_ error: RedisError, context: ChannelHandlerContext?) {
+        self.health.markFailed()
         if self.failure == nil { self.failure = error }
         let failed = self.inFlight
         self.inFlight.removeAll()

@@ -10,14 +10,16 @@ import NIOPosix
 final class RedisConnection: Sendable {
     let endpoint: RedisEndpoint
     private let channel: any Channel
+    private let health: ConnectionHealth
 
-    private init(endpoint: RedisEndpoint, channel: any Channel) {
+    private init(endpoint: RedisEndpoint, channel: any Channel, health: ConnectionHealth) {
         self.endpoint = endpoint
         self.channel = channel
+        self.health = health
     }
 
-    /// Whether the socket is open. A connection whose deadline passed is closed, so this also covers timeouts.
-    var isUsable: Bool { self.channel.isActive }
+    /// Whether the connection may take more commands: open, and never failed or timed out.
+    var isUsable: Bool { !self.health.isFailed && self.channel.isActive }
 
     /// Opens a connection, then sends `AUTH` and `SELECT` when the configuration asks for them.
     static func connect(
@@ -26,13 +28,14 @@ final class RedisConnection: Sendable {
         eventLoopGroup: any EventLoopGroup,
         logger: Logger
     ) async throws(RedisError) -> RedisConnection {
+        let health = ConnectionHealth()
         let bootstrap = ClientBootstrap(group: eventLoopGroup)
             .connectTimeout(.nanoseconds(Int64(configuration.connectTimeout.nanoseconds)))
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let reader = try HiredisReplyReader.make()
-                    let handler = RedisChannelHandler(reader: reader, peer: endpoint.description)
+                    let handler = RedisChannelHandler(reader: reader, peer: endpoint.description, health: health)
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -48,7 +51,7 @@ final class RedisConnection: Sendable {
         } catch {
             throw RedisError(.connectionFailed, "could not connect to Redis at \(endpoint)", underlying: error)
         }
-        let connection = RedisConnection(endpoint: endpoint, channel: channel)
+        let connection = RedisConnection(endpoint: endpoint, channel: channel, health: health)
         var handshake: [RedisCommand] = []
         if let password = configuration.password {
             if let username = configuration.username {
@@ -66,7 +69,11 @@ final class RedisConnection: Sendable {
                 for (command, reply) in zip(handshake, replies) {
                     if case .error(let message) = reply {
                         // The reply never echoes the password, so it is safe to show.
-                        throw RedisError(.connectionFailed, "\(command.name) on \(endpoint) failed: \(message)")
+                        throw RedisError(
+                            .connectionFailed,
+                            "\(command.name) on \(endpoint) failed: \(message)",
+                            underlying: HandshakeRejected()
+                        )
                     }
                 }
             } catch {
@@ -104,7 +111,15 @@ final class RedisConnection: Sendable {
             deadline: .now() + .nanoseconds(Int64(timeout.nanoseconds)),
             promise: promise
         )
-        self.channel.writeAndFlush(batch, promise: nil)
+        // A write that cannot reach the handler (the channel is already closed) must still end the batch.
+        let written = self.channel.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenFailure { [endpoint] error in
+            let notSent: (any Error)? = (error as? ChannelError) == .ioOnClosedChannel ? CommandNotSent() : error
+            promise.fail(
+                RedisError(.connectionClosed, "the connection to \(endpoint) is closed", underlying: notSent)
+            )
+        }
+        self.channel.writeAndFlush(batch, promise: written)
         do {
             if closeOnCancel {
                 let channel = self.channel
@@ -138,3 +153,6 @@ extension Duration {
         return max(0, Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
     }
 }
+
+/// The server refused `AUTH` or `SELECT`: retrying with the same settings cannot help.
+struct HandshakeRejected: Error {}

@@ -39,9 +39,14 @@ final class RedisNodePool: Sendable {
     }
 
     /// Sends a batch on one of the shared connections.
+    /// A command that never left because its connection had just failed is sent once more on a fresh one.
     func send(_ commands: [RedisCommand], timeout: Duration? = nil) async throws(RedisError) -> [RedisReply] {
-        let connection = try await self.sharedConnection()
-        return try await connection.send(commands, timeout: timeout ?? self.configuration.commandTimeout)
+        let timeout = timeout ?? self.configuration.commandTimeout
+        do {
+            return try await self.sharedConnection().send(commands, timeout: timeout)
+        } catch where error.underlying is CommandNotSent {
+            return try await self.sharedConnection().send(commands, timeout: timeout)
+        }
     }
 
     /// Runs a blocking command on a dedicated connection whose deadline is `block` plus the blocking margin.
@@ -168,7 +173,7 @@ final class RedisNodePool: Sendable {
             } catch {
                 let delay = self.configuration.reconnectBackoff.delay(attempt: attempt)
                 attempt += 1
-                guard clock.now + delay < deadline, !Task.isCancelled else {
+                guard clock.now + delay < deadline, !Task.isCancelled, !(error.underlying is HandshakeRejected) else {
                     self.logger.warning(
                         "redis connection failed",
                         metadata: ["redis.endpoint": "\(self.endpoint)", "redis.attempts": "\(attempt)",
