@@ -73,6 +73,8 @@ let package = Package(
             dependencies: [
                 "Redis",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "bench/RedisBench"
         ),

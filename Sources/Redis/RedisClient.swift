@@ -21,6 +21,8 @@ public final class RedisClient: Sendable {
     let eventLoopGroup: any EventLoopGroup
     let logger: Logger
     private let pools: Mutex<[RedisEndpoint: RedisNodePool]>
+    /// The pool of the one server, when not in cluster mode: spares a dictionary lookup per command.
+    private let standalonePool: RedisNodePool?
     private let cluster: Mutex<ClusterState>
 
     private struct ClusterState {
@@ -38,7 +40,17 @@ public final class RedisClient: Sendable {
         self.configuration = configuration
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
-        self.pools = Mutex([:])
+        if configuration.isCluster {
+            self.standalonePool = nil
+            self.pools = Mutex([:])
+        } else {
+            let endpoint = configuration.endpoints[0]
+            let pool = RedisNodePool(
+                endpoint: endpoint, configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger
+            )
+            self.standalonePool = pool
+            self.pools = Mutex([endpoint: pool])
+        }
         self.cluster = Mutex(ClusterState())
     }
 
@@ -95,9 +107,9 @@ public final class RedisClient: Sendable {
     /// its `.failure`; the other commands still run. Connection failures fail the commands sent on it.
     public func pipeline(_ commands: [RedisCommand]) async -> [Result<RedisReply, RedisError>] {
         guard !commands.isEmpty else { return [] }
-        guard self.configuration.isCluster else {
+        if let pool = self.standalonePool {
             do {
-                let replies = try await self.pool(for: self.configuration.endpoints[0]).send(commands)
+                let replies = try await pool.send(commands)
                 return zip(commands, replies).map { command, reply in
                     Result { () throws(RedisError) in try Self.unwrap(reply, command: command) }
                 }
@@ -146,8 +158,7 @@ public final class RedisClient: Sendable {
     /// Sends one command to the node that owns it and follows cluster redirects. Returns the final reply,
     /// which may be an error reply the caller must see.
     private func route(_ command: RedisCommand, block: Duration?) async throws(RedisError) -> RedisReply {
-        guard self.configuration.isCluster else {
-            let pool = self.pool(for: self.configuration.endpoints[0])
+        if let pool = self.standalonePool {
             if let block { return try await pool.sendBlocking(command, block: block) }
             return try await pool.send([command])[0]
         }

@@ -32,21 +32,20 @@ struct RedisBatch {
 /// round, so commands written in the same round leave in one `writev`. When a batch's deadline passes, or the
 /// server sends bytes that are not RESP, every batch in flight fails and the channel is closed: replies are
 /// matched by position, so a connection that lost its place is never reused.
-final class RedisChannelHandler: ChannelDuplexHandler {
+final class RedisChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
-    typealias OutboundIn = RedisBatch
     typealias OutboundOut = ByteBuffer
-
-    private struct InFlight {
-        var batch: RedisBatch
-        var replies: [RedisReply]
-        var timer: Scheduled<Void>?
-    }
 
     private let reader: HiredisReplyReader
     private let peer: String
-    private var inFlight = CircularBuffer<InFlight>(initialCapacity: 16)
+    private var inFlight = CircularBuffer<RedisBatch>(initialCapacity: 16)
+    /// Replies gathered so far for the oldest batch in flight.
+    private var oldestReplies: [RedisReply] = []
     private var flushScheduled = false
+    private var context: ChannelHandlerContext?
+    /// One timer per connection, armed for the oldest batch's deadline while batches are in flight. Batches
+    /// complete in order, so the oldest one is the first to be late.
+    private var deadlineTimer: Scheduled<Void>?
     /// Set once the connection can no longer be used; later writes fail with it at once.
     private var failure: RedisError?
 
@@ -58,34 +57,43 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         self.health = health
     }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let batch = self.unwrapOutboundIn(data)
-        if let failure = self.failure {
-            let notSent = RedisError(
-                .connectionClosed,
-                "the connection to \(self.peer) had failed; the command was not sent",
-                underlying: CommandNotSent()
-            )
-            batch.promise.fail(notSent)
-            promise?.fail(failure)
-            return
-        }
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let timer = context.eventLoop.scheduleTask(deadline: batch.deadline) {
-            let (handler, context) = loopBound.value
-            handler.deadlinePassed(context: context)
-        }
-        self.inFlight.append(InFlight(batch: batch, replies: [], timer: timer))
-        self.inFlight[self.inFlight.index(before: self.inFlight.endIndex)].replies.reserveCapacity(batch.count)
-        context.write(self.wrapOutboundOut(batch.payload), promise: promise)
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
     }
 
-    func flush(context: ChannelHandlerContext) {
-        guard !self.flushScheduled else { return }
-        self.flushScheduled = true
-        context.eventLoop.assumeIsolated().execute {
-            self.flushScheduled = false
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.failAll(RedisError(.connectionClosed, "the connection to \(self.peer) closed"), context: nil)
+        self.context = nil
+    }
+
+    /// Writes a batch. Called on the channel's event loop, straight from ``RedisConnection`` rather than
+    /// through the pipeline's outbound path: that spares a boxed `NIOAny` and a write promise per batch, and a
+    /// batch submitted after the channel closed still fails at once instead of being dropped.
+    func submit(_ batch: RedisBatch) {
+        guard self.failure == nil, let context = self.context else {
+            batch.promise.fail(
+                RedisError(
+                    .connectionClosed,
+                    "the connection to \(self.peer) had failed; the command was not sent",
+                    underlying: CommandNotSent()
+                )
+            )
+            return
+        }
+        if self.inFlight.isEmpty { self.oldestReplies.reserveCapacity(batch.count) }
+        self.inFlight.append(batch)
+        if self.deadlineTimer == nil { self.armDeadlineTimer(context: context) }
+        context.write(self.wrapOutboundOut(batch.payload), promise: nil)
+        // A lone batch is flushed at once (its caller waits for nothing else). With others in flight the flush
+        // waits for the end of the event loop's round, so concurrent callers share one write.
+        if self.inFlight.count == 1 {
             context.flush()
+        } else if !self.flushScheduled {
+            self.flushScheduled = true
+            context.eventLoop.assumeIsolated().execute {
+                self.flushScheduled = false
+                self.context?.flush()
+            }
         }
     }
 
@@ -94,15 +102,16 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         do throws(RedisError) {
             try buffer.withUnsafeReadableBytes { bytes throws(RedisError) in try self.reader.feed(bytes) }
             while let reply = try self.reader.next() {
-                guard !self.inFlight.isEmpty else {
+                guard let oldest = self.inFlight.first else {
                     throw RedisError(.protocolError, "\(self.peer) sent a reply nobody asked for")
                 }
-                self.inFlight[self.inFlight.startIndex].replies.append(reply)
-                let head = self.inFlight[self.inFlight.startIndex]
-                if head.replies.count == head.batch.count {
+                self.oldestReplies.append(reply)
+                if self.oldestReplies.count == oldest.count {
                     self.inFlight.removeFirst()
-                    head.timer?.cancel()
-                    head.batch.promise.succeed(head.replies)
+                    let replies = self.oldestReplies
+                    self.oldestReplies = []
+                    if let next = self.inFlight.first { self.oldestReplies.reserveCapacity(next.count) }
+                    oldest.promise.succeed(replies)
                 }
             }
         } catch {
@@ -128,8 +137,23 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         )
     }
 
-    private func deadlinePassed(context: ChannelHandlerContext) {
-        // A batch's timer is cancelled when its replies arrive, so a timer that fires means a batch is late.
+    private func armDeadlineTimer(context: ChannelHandlerContext) {
+        guard let oldest = self.inFlight.first else { return }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        self.deadlineTimer = context.eventLoop.scheduleTask(deadline: oldest.deadline) {
+            let (handler, context) = loopBound.value
+            handler.deadlineTimer = nil
+            handler.deadlineTimerFired(context: context)
+        }
+    }
+
+    private func deadlineTimerFired(context: ChannelHandlerContext) {
+        guard let oldest = self.inFlight.first else { return }
+        guard oldest.deadline <= .now() else {
+            // The batch the timer was armed for has been answered; watch the one that is oldest now.
+            self.armDeadlineTimer(context: context)
+            return
+        }
         self.failAll(
             RedisError(
                 .timeout,
@@ -145,9 +169,11 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         if self.failure == nil { self.failure = error }
         let failed = self.inFlight
         self.inFlight.removeAll()
-        for entry in failed {
-            entry.timer?.cancel()
-            entry.batch.promise.fail(error)
+        self.deadlineTimer?.cancel()
+        self.deadlineTimer = nil
+        self.oldestReplies = []
+        for batch in failed {
+            batch.promise.fail(error)
         }
         if let context { context.close(promise: nil) }
     }

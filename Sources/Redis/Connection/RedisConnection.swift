@@ -10,11 +10,18 @@ import NIOPosix
 final class RedisConnection: Sendable {
     let endpoint: RedisEndpoint
     private let channel: any Channel
+    private let handler: NIOLoopBound<RedisChannelHandler>
     private let health: ConnectionHealth
 
-    private init(endpoint: RedisEndpoint, channel: any Channel, health: ConnectionHealth) {
+    private init(
+        endpoint: RedisEndpoint,
+        channel: any Channel,
+        handler: NIOLoopBound<RedisChannelHandler>,
+        health: ConnectionHealth
+    ) {
         self.endpoint = endpoint
         self.channel = channel
+        self.handler = handler
         self.health = health
     }
 
@@ -51,7 +58,16 @@ final class RedisConnection: Sendable {
         } catch {
             throw RedisError(.connectionFailed, "could not connect to Redis at \(endpoint)", underlying: error)
         }
-        let connection = RedisConnection(endpoint: endpoint, channel: channel, health: health)
+        let handler: NIOLoopBound<RedisChannelHandler>
+        do {
+            handler = try await channel.eventLoop.submit {
+                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self), eventLoop: channel.eventLoop)
+            }.get()
+        } catch {
+            channel.close(promise: nil)
+            throw RedisError(.connectionFailed, "the connection to \(endpoint) closed while opening", underlying: error)
+        }
+        let connection = RedisConnection(endpoint: endpoint, channel: channel, handler: handler, health: health)
         var handshake: [RedisCommand] = []
         if let password = configuration.password {
             if let username = configuration.username {
@@ -111,15 +127,12 @@ final class RedisConnection: Sendable {
             deadline: .now() + .nanoseconds(Int64(timeout.nanoseconds)),
             promise: promise
         )
-        // A write that cannot reach the handler (the channel is already closed) must still end the batch.
-        let written = self.channel.eventLoop.makePromise(of: Void.self)
-        written.futureResult.whenFailure { [endpoint] error in
-            let notSent: (any Error)? = (error as? ChannelError) == .ioOnClosedChannel ? CommandNotSent() : error
-            promise.fail(
-                RedisError(.connectionClosed, "the connection to \(endpoint) is closed", underlying: notSent)
-            )
+        let eventLoop = self.channel.eventLoop
+        if eventLoop.inEventLoop {
+            self.handler.value.submit(batch)
+        } else {
+            eventLoop.execute { [handler] in handler.value.submit(batch) }
         }
-        self.channel.writeAndFlush(batch, promise: written)
         do {
             if closeOnCancel {
                 let channel = self.channel

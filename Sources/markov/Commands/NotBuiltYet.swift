@@ -1,0 +1,79 @@
+import ArgumentParser
+import Foundation
+
+/// The subcommands whose roles are not built yet. Each says so and exits non-zero, so scripts notice.
+protocol NotBuiltYet: AsyncParsableCommand {
+    /// What the command will do, and where the work is tracked.
+    static var plannedIn: String { get }
+}
+
+extension NotBuiltYet {
+    func run() async throws {
+        let name = Self._commandName
+        var standardError = StandardError()
+        print("markov \(name): not built yet. \(Self.plannedIn)", to: &standardError)
+        throw ExitCode(2)
+    }
+}
+
+/// Text written to standard error.
+struct StandardError: TextOutputStream {
+    mutating func write(_ string: String) {
+        FileHandle.standardError.write(Data(string.utf8))
+    }
+}
+
+struct Up: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Run every role in one process (the embedded default).")
+    static let plannedIn = "It will run every role in one process on a private Redis (operations issue)."
+}
+
+struct Gateway: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Hold Discord gateway shards and feed the event streams.")
+    static let plannedIn = "Tracked by the gateway issue."
+}
+
+struct Trainer: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Apply the event streams to the chains, exactly once.")
+    static let plannedIn = "Tracked by the chains issue."
+}
+
+struct Responder: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Answer mentions, the prefix and slash commands.")
+    static let plannedIn = "Tracked by the responder issue."
+}
+
+struct Train: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Import message history files into a guild.")
+    static let plannedIn = "Tracked by the chains issue."
+}
+
+struct Generate: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Generate sentences from a guild's chain.")
+    static let plannedIn = "Tracked by the chains issue."
+}
+
+struct Inspect: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Show a guild's totals and any state's table.")
+    static let plannedIn = "Tracked by the chains issue."
+}
+
+struct Settings: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Show or change a guild's settings.")
+    static let plannedIn = "Tracked by the chains issue."
+}
+
+struct ForgetUser: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Remove every message of a user from a guild's chain.")
+    static let plannedIn = "Tracked by the chains issue."
+}
+
+struct RegisterCommands: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Install the slash commands with one PUT.")
+    static let plannedIn = "Tracked by the responder issue."
+}
+
+struct DeleteGuild: NotBuiltYet {
+    static let configuration = CommandConfiguration(abstract: "Delete all of a guild's data.")
+    static let plannedIn = "Tracked by the chains issue."
+}

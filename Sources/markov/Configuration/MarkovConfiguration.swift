@@ -1,0 +1,68 @@
+import Configuration
+import Logging
+import Redis
+
+/// The settings every role reads, from a ``ConfigReader``.
+///
+/// | key | environment | type | default |
+/// |---|---|---|---|
+/// | `redis.url` | `REDIS_URL` | string, secret (may hold a password) | `redis://127.0.0.1:6379` |
+/// | `redis.cluster.nodes` | `REDIS_CLUSTER_NODES` | comma-separated `host:port`; turns on cluster mode | none |
+/// | `markov.state.size` | `MARKOV_STATE_SIZE` | int, 1…6 | 2 |
+/// | `discord.token` | `DISCORD_TOKEN` | string, secret | none |
+/// | `discord.api.url` | `DISCORD_API_URL` | string | `https://discord.com/api/v10` |
+/// | `discord.gateway.url` | `DISCORD_GATEWAY_URL` | string | from `GET /gateway/bot` |
+/// | `log.level` | `LOG_LEVEL` | string | `info` |
+struct MarkovConfiguration: Sendable {
+    /// How to reach Redis.
+    var redis: RedisConfiguration
+    /// Whether `redis.url` or `redis.cluster.nodes` was set (`markov up` starts its own server otherwise).
+    var redisIsConfigured: Bool
+    /// Tokens per chain state.
+    var stateSize: Int
+    /// The bot token. Secret: never logged.
+    var discordToken: String?
+    /// Discord's REST base URL.
+    var discordAPIURL: String
+    /// A gateway URL that overrides discovery.
+    var discordGatewayURL: String?
+    /// The log level.
+    var logLevel: Logger.Level
+
+    init(config: ConfigReader) throws {
+        let url = config.string(forKey: "redis.url", isSecret: true)
+        let clusterNodes = config.string(forKey: "redis.cluster.nodes")
+        do {
+            if let clusterNodes, !clusterNodes.isEmpty {
+                // Credentials for a cluster come from REDIS_URL when it is set too.
+                let credentials = try url.map { try RedisConfiguration(url: $0) }
+                self.redis = try RedisConfiguration(
+                    clusterNodes: clusterNodes,
+                    username: credentials?.username,
+                    password: credentials?.password
+                )
+            } else {
+                self.redis = try RedisConfiguration(url: url ?? "redis://127.0.0.1:6379")
+            }
+        }
+        self.redisIsConfigured = url != nil || clusterNodes != nil
+        self.stateSize = config.int(forKey: "markov.state.size", default: 2)
+        guard (1...6).contains(self.stateSize) else {
+            throw ConfigurationError("MARKOV_STATE_SIZE must be between 1 and 6, not \(self.stateSize)")
+        }
+        self.discordToken = config.string(forKey: "discord.token", isSecret: true)
+        self.discordAPIURL = config.string(forKey: "discord.api.url", default: "https://discord.com/api/v10")
+        self.discordGatewayURL = config.string(forKey: "discord.gateway.url")
+        let level = config.string(forKey: "log.level", default: "info")
+        guard let logLevel = Logger.Level(rawValue: level.lowercased()) else {
+            throw ConfigurationError("LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        self.logLevel = logLevel
+    }
+}
+
+/// A setting that cannot be used, with the sentence that says why.
+struct ConfigurationError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,18 @@
+import ArgumentParser
+
+/// `markov`: one executable, every role a subcommand.
+@main
+struct Markov: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "markov",
+        abstract: "A Markov-chain Discord bot that learns how each server talks, with its state in Redis.",
+        discussion: """
+            Configuration comes from flags, then environment variables, then an optional JSON file \
+            (--config or MARKOV_CONFIG_FILE). See README.md for every key.
+            """,
+        subcommands: [
+            Up.self, Gateway.self, Trainer.self, Responder.self, Train.self, Generate.self, Inspect.self,
+            Settings.self, ForgetUser.self, RegisterCommands.self, DeleteGuild.self,
+        ]
+    )
+}
