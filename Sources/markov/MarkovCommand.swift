@@ -1,7 +1,7 @@
 import ArgumentParser
 
 /// `markov`: one executable, every role a subcommand.
-@main
+
 struct Markov: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "markov",
