@@ -9,8 +9,6 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     // A file sees only the modules it imports itself.
     .enableUpcomingFeature("MemberImportVisibility"),
-    // Non-isolated async functions run in the caller's actor unless marked `@concurrent`.
-    .enableUpcomingFeature("NonisolatedNonsendingByDefault"),
 ]
 
 let package = Package(
@@ -53,18 +51,35 @@ let package = Package(
             ]
         ),
 
+        // MARK: Markov chains: a pure core, and the chain store and trainer on Redis
+
+        .target(name: "MarkovCore"),
+        .target(
+            name: "MarkovChains",
+            dependencies: [
+                "MarkovCore",
+                "Redis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            resources: [.copy("ChainLibrary.lua")]
+        ),
+
         // MARK: The one executable
 
         .executableTarget(
             name: "markov",
             dependencies: [
                 "Redis",
+                "MarkovCore",
+                "MarkovChains",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
 
@@ -83,6 +98,17 @@ let package = Package(
 
         // MARK: Tests
 
+        .testTarget(name: "MarkovCoreTests", dependencies: ["MarkovCore"]),
+        .testTarget(
+            name: "MarkovChainsTests",
+            dependencies: [
+                "MarkovChains",
+                "MarkovCore",
+                "Redis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .testTarget(
             name: "RedisTests",
             dependencies: [

@@ -6,4 +6,20 @@ import NIOPosix
 // on share a thread: no hop per command (docs/redis-client.md has the measurement). Nothing in this process
 // may block a task for long; blocking C calls (libcurl) run on their own threads.
 NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
-await Markov.main()
+
+do {
+    var command = try Markov.parseAsRoot()
+    if let asyncCommand = command as? any AsyncParsableCommand {
+        try await runAsync(asyncCommand)
+    } else {
+        try command.run()
+    }
+} catch {
+    Markov.exit(withError: error)
+}
+
+/// Runs the asynchronous `run()`; from a generic context overload resolution cannot pick the synchronous one.
+func runAsync<Command: AsyncParsableCommand>(_ command: Command) async throws {
+    var command = command
+    try await command.run()
+}

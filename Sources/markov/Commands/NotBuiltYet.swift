@@ -33,47 +33,12 @@ struct Gateway: NotBuiltYet {
     static let plannedIn = "Tracked by the gateway issue."
 }
 
-struct Trainer: NotBuiltYet {
-    static let configuration = CommandConfiguration(abstract: "Apply the event streams to the chains, exactly once.")
-    static let plannedIn = "Tracked by the chains issue."
-}
-
 struct Responder: NotBuiltYet {
     static let configuration = CommandConfiguration(abstract: "Answer mentions, the prefix and slash commands.")
     static let plannedIn = "Tracked by the responder issue."
 }
 
-struct Train: NotBuiltYet {
-    static let configuration = CommandConfiguration(abstract: "Import message history files into a guild.")
-    static let plannedIn = "Tracked by the chains issue."
-}
-
-struct Generate: NotBuiltYet {
-    static let configuration = CommandConfiguration(abstract: "Generate sentences from a guild's chain.")
-    static let plannedIn = "Tracked by the chains issue."
-}
-
-struct Inspect: NotBuiltYet {
-    static let configuration = CommandConfiguration(abstract: "Show a guild's totals and any state's table.")
-    static let plannedIn = "Tracked by the chains issue."
-}
-
-struct Settings: NotBuiltYet {
-    static let configuration = CommandConfiguration(abstract: "Show or change a guild's settings.")
-    static let plannedIn = "Tracked by the chains issue."
-}
-
-struct ForgetUser: NotBuiltYet {
-    static let configuration = CommandConfiguration(abstract: "Remove every message of a user from a guild's chain.")
-    static let plannedIn = "Tracked by the chains issue."
-}
-
 struct RegisterCommands: NotBuiltYet {
     static let configuration = CommandConfiguration(abstract: "Install the slash commands with one PUT.")
     static let plannedIn = "Tracked by the responder issue."
-}
-
-struct DeleteGuild: NotBuiltYet {
-    static let configuration = CommandConfiguration(abstract: "Delete all of a guild's data.")
-    static let plannedIn = "Tracked by the chains issue."
 }

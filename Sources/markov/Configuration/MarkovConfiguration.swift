@@ -12,6 +12,8 @@ import Redis
 /// | `discord.token` | `DISCORD_TOKEN` | string, secret | none |
 /// | `discord.api.url` | `DISCORD_API_URL` | string | `https://discord.com/api/v10` |
 /// | `discord.gateway.url` | `DISCORD_GATEWAY_URL` | string | from `GET /gateway/bot` |
+/// | `markov.partitions` | `MARKOV_PARTITIONS` | int ≥ 1; every process must agree | 16 |
+/// | `markov.prefix` | `MARKOV_PREFIX` | string: the command prefix | `!mark` |
 /// | `log.level` | `LOG_LEVEL` | string | `info` |
 struct MarkovConfiguration: Sendable {
     /// How to reach Redis.
@@ -20,6 +22,10 @@ struct MarkovConfiguration: Sendable {
     var redisIsConfigured: Bool
     /// Tokens per chain state.
     var stateSize: Int
+    /// Partitions of the event log.
+    var partitions: Int
+    /// The command prefix; messages starting with it are not learnt.
+    var commandPrefix: String
     /// The bot token. Secret: never logged.
     var discordToken: String?
     /// Discord's REST base URL.
@@ -50,6 +56,11 @@ struct MarkovConfiguration: Sendable {
         guard (1...6).contains(self.stateSize) else {
             throw ConfigurationError("MARKOV_STATE_SIZE must be between 1 and 6, not \(self.stateSize)")
         }
+        self.partitions = config.int(forKey: "markov.partitions", default: 16)
+        guard (1...1024).contains(self.partitions) else {
+            throw ConfigurationError("MARKOV_PARTITIONS must be between 1 and 1024, not \(self.partitions)")
+        }
+        self.commandPrefix = config.string(forKey: "markov.prefix", default: "!mark")
         self.discordToken = config.string(forKey: "discord.token", isSecret: true)
         self.discordAPIURL = config.string(forKey: "discord.api.url", default: "https://discord.com/api/v10")
         self.discordGatewayURL = config.string(forKey: "discord.gateway.url")

@@ -1,0 +1,675 @@
+#!lua name=markov
+--[[
+The chain store, as Redis Functions. Every function works on ONE guild: KEYS[1] is the guild's meta key
+'{g:<id>}:meta', and every other key it touches starts with the same '{g:<id>}' hash tag, so a guild lives in
+one cluster slot and each call is atomic. See docs/chain-store.md for the layout and the reasons.
+
+Tokens never contain whitespace (the tokenizer splits on it), so:
+  - a state is its tokens joined by ' ', the start padding being empty tokens ('' … '');
+  - the end of a message is the empty token '' as a successor;
+  - a small state's successors are stored as 'count\ttoken\ncount\ttoken…'.
+]]
+
+local SPLIT_LOAD = 48      -- states per bucket before the bucket table grows by one bucket (linear hashing)
+local BIG_VALUE = 48       -- encoded successors longer than this move a state to keys of its own
+local BIG_NAME = 40        -- so do state names longer than this (keeps bucket hashes in listpack encoding)
+local MIN_PENDING = 16     -- a big state's pending increments before a rebuild is considered
+
+-- Keys -------------------------------------------------------------------------------------------------------
+
+local function prefix_of(meta_key)
+    return string.sub(meta_key, 1, #meta_key - 5) -- strip ':meta'
+end
+
+-- Linear hashing over bucket hashes '{g}:c:<n>' ---------------------------------------------------------------
+
+local function state_hash(state)
+    return tonumber(string.sub(redis.sha1hex(state), 1, 8), 16)
+end
+
+local function load_table(meta)
+    local v = redis.call('HMGET', meta, 'L', 'p')
+    return tonumber(v[1]) or 0, tonumber(v[2]) or 0
+end
+
+local function bucket_of(h, L, p)
+    local size = 2 ^ L
+    local b = h % size
+    if b < p then b = h % (size * 2) end
+    return b
+end
+
+-- Successor lists of small states -----------------------------------------------------------------------------
+
+local function decode_small(v)
+    local toks, counts = {}, {}
+    for c, t in string.gmatch(v, '(%d+)\t([^\n]*)') do
+        toks[#toks + 1] = t
+        counts[#counts + 1] = tonumber(c)
+    end
+    return toks, counts
+end
+
+local function encode_small(toks, counts)
+    local parts = {}
+    for i = 1, #toks do
+        if counts[i] > 0 then parts[#parts + 1] = counts[i] .. '\t' .. toks[i] end
+    end
+    return table.concat(parts, '\n')
+end
+
+-- Alias tables (Vose, exact integer thresholds) -----------------------------------------------------------------
+-- Blob layout (little endian): T u32 | n u32 | tokens_at u32 | n × (threshold u32, alias u32) |
+-- (n+1) × token offset u32 (relative to tokens_at) | token bytes.
+-- Column i is drawn uniformly, u uniformly in [0, T): u < threshold[i] picks i, otherwise alias[i].
+-- P(token j) = (threshold[j] + Σ_{alias[i]=j} (T - threshold[i])) / (n·T) = count[j] / T exactly.
+
+local function build_alias(toks, counts)
+    local n = #toks
+    local T = 0
+    for i = 1, n do T = T + counts[i] end
+    local w, small, large = {}, {}, {}
+    for i = 1, n do
+        w[i] = counts[i] * n
+        if w[i] < T then small[#small + 1] = i else large[#large + 1] = i end
+    end
+    local thr, alias = {}, {}
+    while #small > 0 and #large > 0 do
+        local s = table.remove(small)
+        local l = large[#large]
+        thr[s] = w[s]
+        alias[s] = l
+        w[l] = w[l] - (T - w[s])
+        if w[l] < T then
+            table.remove(large)
+            small[#small + 1] = l
+        end
+    end
+    for _, i in ipairs(large) do thr[i] = T; alias[i] = i end
+    for _, i in ipairs(small) do thr[i] = T; alias[i] = i end -- unreachable with exact integers; kept for safety
+    local cols, offs, off = {}, {}, 0
+    for i = 1, n do
+        cols[i] = struct.pack('<I4I4', thr[i], alias[i] - 1)
+        offs[i] = struct.pack('<I4', off)
+        off = off + #toks[i]
+    end
+    offs[n + 1] = struct.pack('<I4', off)
+    local tokens_at = 12 + 8 * n + 4 * (n + 1)
+    return struct.pack('<I4I4I4', T, n, tokens_at) .. table.concat(cols) .. table.concat(offs) .. table.concat(toks), T
+end
+
+-- Random numbers: L'Ecuyer's combined multiplicative generator, exact in Lua's doubles, seeded by the caller
+-- so a sentence can be replayed.
+
+local rng1, rng2 = 1, 1
+
+local function seed_rng(a, b)
+    rng1 = (tonumber(a) or 1) % 2147483562 + 1
+    rng2 = (tonumber(b) or 1) % 2147483398 + 1
+end
+
+local function next_raw()
+    rng1 = (40014 * rng1) % 2147483563
+    rng2 = (40692 * rng2) % 2147483399
+    local z = rng1 - rng2
+    if z < 1 then z = z + 2147483562 end
+    return z - 1 -- uniform in [0, 2147483561]
+end
+
+-- Uniform integer in [0, n), exactly (rejection removes modulo bias), for n up to 2^31.
+local function rand_below(n)
+    local range = 2147483562
+    local limit = range - (range % n)
+    while true do
+        local z = next_raw()
+        if z < limit then return z % n end
+    end
+end
+
+-- Big states: '{g}:s:<state>' counts (the truth), '{g}:a:<state>' alias blob built from the counts at some
+-- moment, '{g}:p:<state>' list of increments since (one element per unit), '{g}:n:<state>' decrements since.
+-- The bucket field of a big state holds its header instead of successors: '*T n at P N K' (blob total, blob
+-- columns, offset of the blob's tokens, pending increments, pending decrements, live successors), so one HGET
+-- tells the sampler everything it needs. Sampling draws from blob ∪ list in proportion to T and P and accepts
+-- token t with probability count[t] / (count[t] + decrements[t]): exactly count[t] / Σcount, at all times.
+
+local function big_keys(P, state)
+    return P .. ':s:' .. state, P .. ':a:' .. state, P .. ':p:' .. state, P .. ':n:' .. state
+end
+
+local function parse_header(v)
+    local T, n, at, pending, neg, live = string.match(v, '^%*(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+    return tonumber(T), tonumber(n), tonumber(at), tonumber(pending), tonumber(neg), tonumber(live)
+end
+
+local function format_header(T, n, at, pending, neg, live)
+    return '*' .. T .. ' ' .. n .. ' ' .. at .. ' ' .. pending .. ' ' .. neg .. ' ' .. live
+end
+
+-- Rebuilds a big state's alias table from its counts; returns its new header.
+local function rebuild_big(P, state)
+    local sk, ak, pk, nk = big_keys(P, state)
+    local flat = redis.call('HGETALL', sk)
+    local toks, counts = {}, {}
+    for i = 1, #flat, 2 do
+        toks[#toks + 1] = flat[i]
+        counts[#counts + 1] = tonumber(flat[i + 1])
+    end
+    redis.call('DEL', pk, nk)
+    local blob, T = build_alias(toks, counts)
+    redis.call('SET', ak, blob)
+    redis.call('HINCRBY', P .. ':meta', 'rebuilds', 1)
+    return format_header(T, #toks, 12 + 8 * #toks + 4 * (#toks + 1), 0, 0, #toks)
+end
+
+-- Applies deltas {token → change} to a big state; returns (new header or nil when empty, edges added,
+-- edges removed, total change).
+local function apply_big(P, state, header, deltas)
+    local sk, ak, pk, nk = big_keys(P, state)
+    local T, n, at, pending, neg, live = parse_header(header)
+    local added, removed, total = 0, 0, 0
+    local units = {}
+    for tok, d in pairs(deltas) do
+        if d ~= 0 then
+            local after = redis.call('HINCRBY', sk, tok, d)
+            local before = after - d
+            if after <= 0 then
+                redis.call('HDEL', sk, tok)
+                if after < 0 then d = -before; after = 0 end -- never below zero
+            end
+            if before <= 0 and after > 0 then added = added + 1 end
+            if before > 0 and after == 0 then removed = removed + 1 end
+            total = total + d
+            if d > 0 then
+                for _ = 1, d do units[#units + 1] = tok end
+            else
+                redis.call('HINCRBY', nk, tok, -d)
+                neg = neg - d
+            end
+        end
+    end
+    for i = 1, #units, 1000 do -- in chunks: unpack() is limited by Lua's C stack
+        redis.call('RPUSH', pk, unpack(units, i, math.min(i + 999, #units)))
+    end
+    pending = pending + #units
+    live = live + added - removed
+    if live <= 0 then
+        redis.call('DEL', sk, ak, pk, nk)
+        return nil, added, removed, total
+    end
+    if pending > math.max(MIN_PENDING, T / 4) or neg > T / 4 then
+        return rebuild_big(P, state), added, removed, total
+    end
+    return format_header(T, n, at, pending, neg, live), added, removed, total
+end
+
+-- Moves a small state to keys of its own; returns its header.
+local function promote(P, state, toks, counts)
+    local sk = P .. ':s:' .. state
+    local flat = {}
+    for i = 1, #toks do
+        if counts[i] > 0 then
+            flat[#flat + 1] = toks[i]
+            flat[#flat + 1] = counts[i]
+        end
+    end
+    redis.call('HSET', sk, unpack(flat))
+    redis.call('SADD', P .. ':big', state)
+    return rebuild_big(P, state)
+end
+
+-- The chain update of one call: deltas[state][token] = change, applied state by state.
+
+local Chain = {}
+Chain.__index = Chain
+
+local function new_chain(meta)
+    local L, p = load_table(meta)
+    return setmetatable({ meta = meta, P = prefix_of(meta), L = L, p = p, deltas = {}, order = {},
+        hashes = {}, states = 0, edges = 0, total = 0 }, Chain)
+end
+
+function Chain:hash(state)
+    local h = self.hashes[state]
+    if not h then
+        h = state_hash(state)
+        self.hashes[state] = h
+    end
+    return h
+end
+
+function Chain:add(state, tok, d)
+    local row = self.deltas[state]
+    if not row then
+        row = {}
+        self.deltas[state] = row
+        self.order[#self.order + 1] = state
+    end
+    row[tok] = (row[tok] or 0) + d
+end
+
+-- Adds (d = 1) or removes (d = -1) one message's transitions. tokens: the message's tokens joined by ' ';
+-- hashes: the bucket hash of each state, 8 hex digits each, computed by the trainer (or '' to compute here).
+function Chain:learn(n, tokens, d, hashes)
+    local seq = {}
+    for i = 1, n do seq[i] = '' end
+    for t in string.gmatch(tokens, '[^ ]+') do seq[#seq + 1] = t end
+    if #seq == n then return 0 end
+    seq[#seq + 1] = ''
+    local given = hashes ~= nil and #hashes == 8 * (#seq - n)
+    for i = 1, #seq - n do
+        local state = table.concat(seq, ' ', i, i + n - 1)
+        if given and not self.hashes[state] then
+            self.hashes[state] = tonumber(string.sub(hashes, 8 * i - 7, 8 * i), 16)
+        end
+        self:add(state, seq[i + n], d)
+    end
+    return #seq - n
+end
+
+function Chain:flush()
+    local P = self.P
+    for _, state in ipairs(self.order) do
+        local deltas = self.deltas[state]
+        local bk = P .. ':c:' .. bucket_of(self:hash(state), self.L, self.p)
+        local v = redis.call('HGET', bk, state)
+        if v and string.byte(v, 1) == 42 then -- '*': a big state's header
+            local header, added, removed, total = apply_big(P, state, v, deltas)
+            self.edges = self.edges + added - removed
+            self.total = self.total + total
+            if header then
+                redis.call('HSET', bk, state, header)
+            else
+                redis.call('HDEL', bk, state)
+                redis.call('SREM', P .. ':big', state)
+                self.states = self.states - 1
+            end
+        else
+            local toks, counts = {}, {}
+            if v then toks, counts = decode_small(v) end
+            local index = {}
+            for i = 1, #toks do index[toks[i]] = i end
+            for tok, d in pairs(deltas) do
+                local i = index[tok]
+                if i then
+                    local after = counts[i] + d
+                    if after < 0 then d = -counts[i]; after = 0 end
+                    if counts[i] > 0 and after == 0 then self.edges = self.edges - 1 end
+                    counts[i] = after
+                    self.total = self.total + d
+                elseif d > 0 then
+                    toks[#toks + 1] = tok
+                    counts[#counts + 1] = d
+                    index[tok] = #toks
+                    self.edges = self.edges + 1
+                    self.total = self.total + d
+                end
+            end
+            local encoded = encode_small(toks, counts)
+            if encoded == '' then
+                if v then
+                    redis.call('HDEL', bk, state)
+                    self.states = self.states - 1
+                end
+            else
+                if not v then self.states = self.states + 1 end
+                if #encoded > BIG_VALUE or #state > BIG_NAME then
+                    local live_t, live_c = {}, {}
+                    for i = 1, #toks do
+                        if counts[i] > 0 then
+                            live_t[#live_t + 1] = toks[i]
+                            live_c[#live_c + 1] = counts[i]
+                        end
+                    end
+                    redis.call('HSET', bk, state, promote(P, state, live_t, live_c))
+                else
+                    redis.call('HSET', bk, state, encoded)
+                end
+            end
+        end
+    end
+    local meta = self.meta
+    if self.edges ~= 0 then redis.call('HINCRBY', meta, 'transitions', self.edges) end
+    if self.total ~= 0 then redis.call('HINCRBY', meta, 'count', self.total) end
+    if self.states ~= 0 then
+        local states = redis.call('HINCRBY', meta, 'states', self.states)
+        -- Grow the bucket table while it is too full, one split at a time.
+        local L, p = self.L, self.p
+        while states > SPLIT_LOAD * (2 ^ L + p) do
+            local old = P .. ':c:' .. p
+            local new = P .. ':c:' .. (p + 2 ^ L)
+            local flat = redis.call('HGETALL', old)
+            for i = 1, #flat, 2 do
+                if state_hash(flat[i]) % (2 ^ (L + 1)) ~= p then
+                    redis.call('HSET', new, flat[i], flat[i + 1])
+                    redis.call('HDEL', old, flat[i])
+                end
+            end
+            p = p + 1
+            if p == 2 ^ L then L = L + 1; p = 0 end
+        end
+        if L ~= self.L or p ~= self.p then
+            redis.call('HSET', meta, 'L', L, 'p', p)
+            self.L, self.p = L, p
+        end
+    end
+end
+
+-- Message records: '{g}:m' maps message id → 'author\ttokens' (what was learnt), or '-' once deleted, so a
+-- late create cannot bring it back. '{g}:h' counts messages by a hash of their tokens, so generation can refuse
+-- to repeat one verbatim.
+
+local function content_hash(tokens)
+    return string.sub(redis.sha1hex(tokens), 1, 16)
+end
+
+local function forget_record(chain, P, n, record)
+    local tab = string.find(record, '\t', 1, true)
+    if not tab then return end
+    local tokens = string.sub(record, tab + 1)
+    chain:learn(n, tokens, -1)
+    local hk = P .. ':h'
+    local h = content_hash(tokens)
+    if redis.call('HINCRBY', hk, h, -1) <= 0 then redis.call('HDEL', hk, h) end
+    redis.call('HINCRBY', P .. ':meta', 'messages', -1)
+end
+
+local function remember_record(chain, P, n, id, author, tokens, hashes, chash)
+    redis.call('HSET', P .. ':m', id, author .. '\t' .. tokens)
+    chain:learn(n, tokens, 1, hashes)
+    if #chash ~= 16 then chash = content_hash(tokens) end
+    redis.call('HINCRBY', P .. ':h', chash, 1)
+    redis.call('HINCRBY', P .. ':meta', 'messages', 1)
+end
+
+-- markov_apply(meta; n, then ops of 8 fields: kind, id, author, channel, force, tokens, state hashes, content hash)
+--   kind 'c' create: learnt unless the id is known (duplicate, replay, or deleted), the channel is not enabled
+--        for learning (unless force = '1'), or the author opted out;
+--   kind 'u' update: replaces the learnt tokens of a known message;
+--   kind 'd' delete: forgets a known message and remembers the id as deleted.
+-- Returns {created, updated, deleted, skipped}.
+local function apply(keys, args)
+    local meta = keys[1]
+    local P = prefix_of(meta)
+    local n = tonumber(args[1])
+    local chain = new_chain(meta)
+    local created, updated, deleted, skipped = 0, 0, 0, 0
+    local listen, optout = P .. ':listen', P .. ':optout'
+    local mk = P .. ':m'
+    for i = 2, #args, 8 do
+        local kind, id, author, channel, force, tokens = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4], args[i + 5]
+        local hashes, chash = args[i + 6], args[i + 7]
+        local record = redis.call('HGET', mk, id)
+        if kind == 'c' then
+            if record
+                or (force ~= '1' and redis.call('SISMEMBER', listen, channel) == 0)
+                or redis.call('SISMEMBER', optout, author) == 1
+                or tokens == '' then
+                skipped = skipped + 1
+            else
+                remember_record(chain, P, n, id, author, tokens, hashes, chash)
+                created = created + 1
+            end
+        elseif kind == 'u' then
+            if not record or record == '-' then
+                skipped = skipped + 1
+            else
+                local tab = string.find(record, '\t', 1, true)
+                local old_author = string.sub(record, 1, tab - 1)
+                if string.sub(record, tab + 1) == tokens then
+                    skipped = skipped + 1
+                else
+                    forget_record(chain, P, n, record)
+                    if tokens == '' then
+                        redis.call('HDEL', mk, id)
+                    else
+                        remember_record(chain, P, n, id, old_author, tokens, hashes, chash)
+                    end
+                    updated = updated + 1
+                end
+            end
+        elseif kind == 'd' then
+            if record == '-' then
+                skipped = skipped + 1
+            else
+                if record then
+                    forget_record(chain, P, n, record)
+                    deleted = deleted + 1
+                else
+                    skipped = skipped + 1
+                end
+                redis.call('HSET', mk, id, '-')
+            end
+        else
+            return redis.error_reply('ERR markov_apply: unknown op kind ' .. tostring(kind))
+        end
+    end
+    chain:flush()
+    return { created, updated, deleted, skipped }
+end
+
+-- Sampling ----------------------------------------------------------------------------------------------------
+
+-- Successor of a state: token, its count (big states: only when debug_counts), the state's total; nil when the
+-- state is unknown.
+local debug_counts = false
+
+local function sample_state(P, L, p, state)
+    local bk = P .. ':c:' .. bucket_of(state_hash(state), L, p)
+    local v = redis.call('HGET', bk, state)
+    if not v then return nil end
+    if string.byte(v, 1) ~= 42 then
+        local toks, counts = decode_small(v)
+        local total = 0
+        for i = 1, #counts do total = total + counts[i] end
+        local r = rand_below(total)
+        for i = 1, #toks do
+            r = r - counts[i]
+            if r < 0 then return toks[i], counts[i], total end
+        end
+        return nil
+    end
+    local sk, ak, pk, nk = big_keys(P, state)
+    local T, n, tokens_at, pending, neg = parse_header(v)
+    local total = T + pending - neg
+    if total <= 0 then return nil end
+    for _ = 1, 64 do
+        local r = rand_below(T + pending)
+        local tok
+        if r < T then
+            local i = rand_below(n)
+            local thr, alias = struct.unpack('<I4I4', redis.call('GETRANGE', ak, 12 + 8 * i, 19 + 8 * i))
+            local j = i
+            if rand_below(T) >= thr then j = alias end
+            local o1, o2 = struct.unpack('<I4I4', redis.call('GETRANGE', ak, 12 + 8 * n + 4 * j, 19 + 8 * n + 4 * j))
+            if o2 > o1 then tok = redis.call('GETRANGE', ak, tokens_at + o1, tokens_at + o2 - 1) else tok = '' end
+        else
+            tok = redis.call('LINDEX', pk, r - T)
+        end
+        if neg == 0 then
+            if debug_counts then return tok, tonumber(redis.call('HGET', sk, tok) or '0'), total end
+            return tok, 0, total
+        end
+        local count = tonumber(redis.call('HGET', sk, tok) or '0')
+        local minus = tonumber(redis.call('HGET', nk, tok) or '0')
+        if minus == 0 or rand_below(count + minus) < count then return tok, count, total end
+    end
+    -- Extremely unlikely (each try accepts with probability >= 3/4): fall back to a linear scan.
+    local flat = redis.call('HGETALL', sk)
+    local r = rand_below(total)
+    for i = 1, #flat, 2 do
+        r = r - tonumber(flat[i + 1])
+        if r < 0 then return flat[i], tonumber(flat[i + 1]), total end
+    end
+    return nil
+end
+
+local function utf16_length(s)
+    local units = 0
+    for i = 1, #s do
+        local b = string.byte(s, i)
+        if b < 0x80 or b >= 0xC0 then units = units + 1 end
+        if b >= 0xF0 then units = units + 1 end
+    end
+    return units
+end
+
+local function state_exists(P, L, p, state)
+    local bk = P .. ':c:' .. bucket_of(state_hash(state), L, p)
+    return redis.call('HEXISTS', bk, state) == 1
+end
+
+-- markov_generate(meta; n, seed_a, seed_b, max_words, max_tries, min_words, max_chars, allow_copies, debug,
+--                 seed words…)
+-- Returns {sentence or false, tries, notes, steps} where steps (debug only) is a flat list of
+-- token, count, total per step of the returned sentence, and notes explains how the seed was used.
+local function generate(keys, args)
+    local meta = keys[1]
+    local P = prefix_of(meta)
+    local n = tonumber(args[1])
+    seed_rng(args[2], args[3])
+    local max_words, max_tries, min_words, max_chars = tonumber(args[4]), tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
+    local allow_copies, debug = args[8] == '1', args[9] == '1'
+    debug_counts = debug
+    local seed = {}
+    for i = 10, #args do seed[#seed + 1] = args[i] end
+    local L, p = load_table(meta)
+
+    -- Where to start: the last n seed words as a state; else a seed word that starts messages (the last such);
+    -- else anywhere.
+    local start, prefix, note = {}, {}, 'no seed'
+    for i = 1, n do start[i] = '' end
+    if #seed > 0 then
+        note = 'seed words unknown; started at random'
+        local found = false
+        if #seed >= n then
+            local last = {}
+            for i = #seed - n + 1, #seed do last[#last + 1] = seed[i] end
+            if state_exists(P, L, p, table.concat(last, ' ')) then
+                start, prefix, found = last, last, true
+                note = 'seeded with the state "' .. table.concat(last, ' ') .. '"'
+            end
+        end
+        if not found then
+            for i = #seed, 1, -1 do
+                local s = {}
+                for k = 1, n - 1 do s[k] = '' end
+                s[n] = seed[i]
+                if state_exists(P, L, p, table.concat(s, ' ')) then
+                    start, prefix, found = s, { seed[i] }, true
+                    note = 'seeded with "' .. seed[i] .. '", a word messages start with'
+                    break
+                end
+            end
+        end
+    end
+
+    local reason = 'the guild has no data'
+    for try = 1, max_tries do
+        local state = {}
+        for i = 1, n do state[i] = start[i] end
+        local out, steps = {}, {}
+        for i = 1, #prefix do out[i] = prefix[i] end
+        local ended = false
+        while #out < max_words do
+            local tok, count, total = sample_state(P, L, p, table.concat(state, ' '))
+            if tok == nil then break end
+            if debug then
+                steps[#steps + 1] = tok
+                steps[#steps + 1] = count
+                steps[#steps + 1] = total
+            end
+            if tok == '' then ended = true; break end
+            out[#out + 1] = tok
+            table.remove(state, 1)
+            state[n] = tok
+        end
+        local sentence = table.concat(out, ' ')
+        if not ended then
+            reason = (#out >= max_words) and 'every try ran past the word limit' or reason
+        elseif #out == 0 then
+            reason = 'the guild has no data'
+        elseif #out < min_words then
+            reason = 'every try was shorter than the minimum'
+        elseif utf16_length(sentence) > max_chars then
+            reason = 'every try was longer than the character limit'
+        elseif not allow_copies and redis.call('HEXISTS', P .. ':h', content_hash(sentence)) == 1 then
+            reason = 'every try repeated a message verbatim'
+        else
+            return { sentence, try, note, steps }
+        end
+    end
+    return { false, max_tries, note .. '; ' .. reason, {} }
+end
+
+-- Inspection --------------------------------------------------------------------------------------------------
+
+-- markov_state(meta; state) → {kind, bucket key, successors (token, count …), alias info}
+local function inspect_state(keys, args)
+    local meta = keys[1]
+    local P = prefix_of(meta)
+    local state = args[1]
+    local L, p = load_table(meta)
+    local bk = P .. ':c:' .. bucket_of(state_hash(state), L, p)
+    local v = redis.call('HGET', bk, state)
+    if not v then return { 'unknown', bk, {}, {} } end
+    if string.byte(v, 1) ~= 42 then
+        local toks, counts = decode_small(v)
+        local flat = {}
+        for i = 1, #toks do flat[#flat + 1] = toks[i]; flat[#flat + 1] = counts[i] end
+        return { 'small', bk, flat, {} }
+    end
+    local sk, ak, pk, nk = big_keys(P, state)
+    local T, cols, _, pending, neg = parse_header(v)
+    return { 'big', bk, redis.call('HGETALL', sk),
+        { 'alias_total', T, 'alias_columns', cols, 'pending_increments', pending, 'pending_decrements', neg,
+          'counts_key', sk, 'alias_key', ak, 'pending_key', pk } }
+end
+
+-- markov_forget_user(meta; n, user, cursor, count): opts the user out, then forgets their messages found in one
+-- HSCAN step. Returns {next cursor, forgotten}. Call until the cursor is '0'.
+local function forget_user(keys, args)
+    local meta = keys[1]
+    local P = prefix_of(meta)
+    local n, user, cursor, count = tonumber(args[1]), args[2], args[3], args[4]
+    redis.call('SADD', P .. ':optout', user)
+    local chain = new_chain(meta)
+    local page = redis.call('HSCAN', P .. ':m', cursor, 'COUNT', count)
+    local flat = page[2]
+    local forgotten = 0
+    local needle = user .. '\t'
+    for i = 1, #flat, 2 do
+        local record = flat[i + 1]
+        if string.sub(record, 1, #needle) == needle then
+            forget_record(chain, P, n, record)
+            redis.call('HSET', P .. ':m', flat[i], '-')
+            forgotten = forgotten + 1
+        end
+    end
+    chain:flush()
+    return { page[1], forgotten }
+end
+
+-- markov_delete_guild(meta): removes every key of the guild. Returns the number of keys removed.
+local function delete_guild(keys, args)
+    local meta = keys[1]
+    local P = prefix_of(meta)
+    local L, p = load_table(meta)
+    local removed = 0
+    local buckets = 2 ^ L + p
+    for b = 0, buckets - 1 do removed = removed + redis.call('UNLINK', P .. ':c:' .. b) end
+    local big = redis.call('SMEMBERS', P .. ':big')
+    for _, state in ipairs(big) do
+        local sk, ak, pk, nk = big_keys(P, state)
+        removed = removed + redis.call('UNLINK', sk, ak, pk, nk)
+    end
+    removed = removed + redis.call('UNLINK', meta, P .. ':big', P .. ':m', P .. ':h', P .. ':listen',
+        P .. ':optout', P .. ':cfg')
+    return removed
+end
+
+redis.register_function('markov_apply', apply)
+redis.register_function{ function_name = 'markov_generate', callback = generate, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'markov_state', callback = inspect_state, flags = { 'no-writes' } }
+redis.register_function('markov_forget_user', forget_user)
+redis.register_function('markov_delete_guild', delete_guild)

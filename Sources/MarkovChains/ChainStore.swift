@@ -1,0 +1,272 @@
+import MarkovCore
+import Redis
+
+/// One guild's chain in Redis, behind the `markov` Functions: applying messages, generating sentences,
+/// inspecting states, forgetting users and deleting guilds.
+public struct ChainStore: Sendable {
+    /// The Redis client all calls go through.
+    public let redis: RedisClient
+    /// Tokens per state. Must not change for a guild once it has data.
+    public let stateSize: Int
+
+    /// Makes a store; call ``prepare()`` once before use.
+    public init(redis: RedisClient, stateSize: Int) {
+        precondition((1...6).contains(stateSize), "state size must be 1...6")
+        self.redis = redis
+        self.stateSize = stateSize
+    }
+
+    /// Loads the Functions on every master (only where the version differs).
+    public func prepare() async throws(RedisError) {
+        try await self.redis.load(ChainLibrary.library)
+    }
+
+    // MARK: Applying
+
+    /// One change to a guild's messages, as the trainer sends it.
+    public enum Operation: Sendable, Hashable {
+        /// Learn a message unless its id is known, its channel is not enabled (unless `force`), or its author
+        /// opted out.
+        case create(id: String, author: String, channel: String, force: Bool, message: LearnedMessage)
+        /// Replace what a known message contributed; empty tokens forget it.
+        case update(id: String, message: LearnedMessage)
+        /// Forget a message and remember it as deleted.
+        case delete(id: String)
+    }
+
+    /// What an ``apply(_:guild:)`` call did.
+    public struct ApplyResult: Sendable, Hashable {
+        public var created = 0
+        public var updated = 0
+        public var deleted = 0
+        public var skipped = 0
+        public init() {}
+    }
+
+    /// The command that applies `operations` to `guild` atomically (for pipelining several guilds).
+    public func applyCommand(_ operations: [Operation], guild: Snowflake) -> RedisCommand {
+        var arguments: [RedisArgument] = [
+            .string("markov_apply"), 1, .string(ChainKeys(guild: guild).meta), .integer(self.stateSize),
+        ]
+        arguments.reserveCapacity(4 + operations.count * 8)
+        for operation in operations {
+            switch operation {
+            case .create(let id, let author, let channel, let force, let message):
+                arguments += ["c", .string(id), .string(author), .string(channel), force ? "1" : "0",
+                              .string(message.tokens), .string(message.stateHashes), .string(message.contentHash)]
+            case .update(let id, let message):
+                arguments += ["u", .string(id), "", "", "0", .string(message.tokens), .string(message.stateHashes),
+                              .string(message.contentHash)]
+            case .delete(let id):
+                arguments += ["d", .string(id), "", "", "0", "", "", ""]
+            }
+        }
+        return RedisCommand("FCALL", arguments)
+    }
+
+    /// Reads the reply of an ``applyCommand(_:guild:)``.
+    public static func applyResult(_ reply: RedisReply) throws(RedisError) -> ApplyResult {
+        guard let values = reply.array?.compactMap(\.int), values.count == 4 else {
+            throw RedisError(.protocolError, "markov_apply answered \(reply)")
+        }
+        var result = ApplyResult()
+        result.created = values[0]
+        result.updated = values[1]
+        result.deleted = values[2]
+        result.skipped = values[3]
+        return result
+    }
+
+    /// Applies operations to one guild in one atomic call.
+    @discardableResult
+    public func apply(_ operations: [Operation], guild: Snowflake) async throws(RedisError) -> ApplyResult {
+        let reply = try await self.callReloading(self.applyCommand(operations, guild: guild))
+        return try Self.applyResult(reply)
+    }
+
+    // MARK: Generating
+
+    /// How to generate.
+    public struct GenerationOptions: Sendable, Hashable {
+        /// Words to start from (see docs/chain-store.md for the fallbacks).
+        public var seedWords: [String] = []
+        /// The random seed; the same seed, chain and options give the same sentence.
+        public var rngSeed: UInt64 = UInt64.random(in: 0...UInt64.max)
+        public var maxWords = 60
+        public var maxTries = 20
+        public var minWords = 1
+        /// Discord's limit, counted in UTF-16 units.
+        public var maxCharacters = 2000
+        /// Allow a sentence identical to a learnt message.
+        public var allowCopies = false
+        /// Return each step's token and probability.
+        public var debug = false
+        public init() {}
+    }
+
+    /// One step of a generated sentence: the token drawn (`""` is the end), its count and the state's total.
+    public struct Step: Sendable, Hashable {
+        public var token: String
+        public var count: Int
+        public var total: Int
+        /// count / total.
+        public var probability: Double { self.total > 0 ? Double(self.count) / Double(self.total) : 0 }
+    }
+
+    /// A generation's outcome.
+    public struct Generation: Sendable, Hashable {
+        /// The sentence, or `nil` when no try met the rules (see ``notes``).
+        public var sentence: String?
+        /// How many tries it took (or were spent).
+        public var tries: Int
+        /// How the seed was used, and why no sentence came out when none did.
+        public var notes: String
+        /// The steps of the sentence (debug only).
+        public var steps: [Step]
+    }
+
+    /// Generates one sentence with one `FCALL_RO`.
+    public func generate(guild: Snowflake, options: GenerationOptions = .init()) async throws(RedisError) -> Generation {
+        var arguments: [RedisArgument] = [
+            "markov_generate", 1, .string(ChainKeys(guild: guild).meta), .integer(self.stateSize),
+            .integer(Int(options.rngSeed >> 33)), .integer(Int(options.rngSeed & 0x1_FFFF_FFFF)),
+            .integer(options.maxWords), .integer(options.maxTries), .integer(options.minWords),
+            .integer(options.maxCharacters), options.allowCopies ? "1" : "0", options.debug ? "1" : "0",
+        ]
+        arguments += options.seedWords.map { .string($0) }
+        let reply = try await self.callReloading(RedisCommand("FCALL_RO", arguments))
+        guard let parts = reply.array, parts.count == 4 else {
+            throw RedisError(.protocolError, "markov_generate answered \(reply)")
+        }
+        let flat = parts[3].array ?? []
+        var steps: [Step] = []
+        var index = 0
+        while index + 2 < flat.count {
+            steps.append(Step(token: flat[index].string ?? "", count: flat[index + 1].int ?? 0, total: flat[index + 2].int ?? 0))
+            index += 3
+        }
+        return Generation(
+            sentence: parts[0].isNull ? nil : parts[0].string,
+            tries: parts[1].int ?? 0,
+            notes: parts[2].string ?? "",
+            steps: steps
+        )
+    }
+
+    // MARK: Inspecting
+
+    /// A state's successors as stored.
+    public struct StateTable: Sendable {
+        /// `small` (in a bucket hash), `big` (keys of its own, with an alias table) or `unknown`.
+        public var kind: String
+        /// The bucket hash that holds (or would hold) the state.
+        public var bucketKey: String
+        /// Next token → count, in stored order.
+        public var successors: [(token: String, count: Int)]
+        /// For big states: the alias table's total and columns, and increments/decrements since its build.
+        public var sampling: [(String, String)]
+    }
+
+    /// The state made of `tokens` (`stateSize` of them; `""` stands for the start).
+    public func state(_ tokens: [String], guild: Snowflake) async throws(RedisError) -> StateTable {
+        let reply = try await self.callReloading(
+            RedisCommand("FCALL_RO", ["markov_state", 1, .string(ChainKeys(guild: guild).meta),
+                                      .string(tokens.joined(separator: " "))])
+        )
+        guard let parts = reply.array, parts.count == 4 else {
+            throw RedisError(.protocolError, "markov_state answered \(reply)")
+        }
+        let flat = parts[2].array ?? []
+        var successors: [(String, Int)] = []
+        for index in stride(from: 0, to: flat.count - 1, by: 2) {
+            successors.append((flat[index].string ?? "", flat[index + 1].int ?? 0))
+        }
+        let info = parts[3].array ?? []
+        var sampling: [(String, String)] = []
+        for index in stride(from: 0, to: info.count - 1, by: 2) {
+            sampling.append((info[index].string ?? "", info[index + 1].string ?? ""))
+        }
+        return StateTable(
+            kind: parts[0].string ?? "", bucketKey: parts[1].string ?? "",
+            successors: successors, sampling: sampling
+        )
+    }
+
+    /// A guild's totals: `messages`, `states`, `transitions` (distinct), `count` (all), `L`/`p` (bucket table),
+    /// `rebuilds` (alias tables built).
+    public func totals(guild: Snowflake) async throws(RedisError) -> [String: Int] {
+        let reply = try await self.redis.send(RedisCommand("HGETALL", .string(ChainKeys(guild: guild).meta)))
+        let flat = reply.array ?? []
+        var totals: [String: Int] = [:]
+        for index in stride(from: 0, to: flat.count - 1, by: 2) {
+            totals[flat[index].string ?? ""] = flat[index + 1].int ?? 0
+        }
+        return totals
+    }
+
+    // MARK: Removing
+
+    /// Opts a user out and forgets all their messages, a page at a time; returns how many were forgotten.
+    public func forgetUser(_ user: Snowflake, guild: Snowflake, pageSize: Int = 1000) async throws(RedisError) -> Int {
+        var cursor = "0"
+        var forgotten = 0
+        repeat {
+            let reply = try await self.callReloading(
+                RedisCommand("FCALL", ["markov_forget_user", 1, .string(ChainKeys(guild: guild).meta),
+                                       .integer(self.stateSize), .string(user.rawValue), .string(cursor),
+                                       .integer(pageSize)])
+            )
+            guard let parts = reply.array, parts.count == 2, let next = parts[0].string else {
+                throw RedisError(.protocolError, "markov_forget_user answered \(reply)")
+            }
+            cursor = next
+            forgotten += parts[1].int ?? 0
+        } while cursor != "0"
+        return forgotten
+    }
+
+    /// Lets a user's new messages be learnt again (their forgotten messages stay forgotten).
+    public func rememberUser(_ user: Snowflake, guild: Snowflake) async throws(RedisError) {
+        try await self.redis.send(RedisCommand("SREM", .string(ChainKeys(guild: guild).optOut), .string(user.rawValue)))
+    }
+
+    /// Deletes every key of the guild; returns how many keys went.
+    @discardableResult
+    public func deleteGuild(_ guild: Snowflake) async throws(RedisError) -> Int {
+        let reply = try await self.callReloading(
+            RedisCommand("FCALL", ["markov_delete_guild", 1, .string(ChainKeys(guild: guild).meta)])
+        )
+        return reply.int ?? 0
+    }
+
+    // MARK: Settings
+
+    /// Channels the guild learns from.
+    public func listenChannels(guild: Snowflake) async throws(RedisError) -> [String] {
+        let reply = try await self.redis.send(RedisCommand("SMEMBERS", .string(ChainKeys(guild: guild).listen)))
+        return (reply.array ?? []).compactMap(\.string).sorted()
+    }
+
+    /// Enables or disables learning in a channel.
+    public func setListening(_ enabled: Bool, channel: Snowflake, guild: Snowflake) async throws(RedisError) {
+        try await self.redis.send(
+            RedisCommand(enabled ? "SADD" : "SREM", .string(ChainKeys(guild: guild).listen), .string(channel.rawValue))
+        )
+    }
+
+    /// Users who opted out.
+    public func optedOutUsers(guild: Snowflake) async throws(RedisError) -> [String] {
+        let reply = try await self.redis.send(RedisCommand("SMEMBERS", .string(ChainKeys(guild: guild).optOut)))
+        return (reply.array ?? []).compactMap(\.string).sorted()
+    }
+
+    /// Sends a Function call; if Redis lost the library, loads it and tries once more.
+    func callReloading(_ command: RedisCommand) async throws(RedisError) -> RedisReply {
+        do {
+            return try await self.redis.send(command)
+        } catch where error.code == .server && error.message.contains("Function not found") {
+            try await self.prepare()
+            return try await self.redis.send(command)
+        }
+    }
+}

@@ -1,0 +1,150 @@
+/// One entry of the event log: a versioned record of one event, as the gateway and the importer write it and
+/// the trainers and responders read it. Stored as the fields of a Redis stream entry (see docs/event-log.md).
+public struct ChainEvent: Sendable, Hashable {
+    /// The record format version, field `v`.
+    public static let version = "1"
+
+    /// What happened.
+    public enum Kind: String, Sendable, Hashable {
+        /// A new message (`MESSAGE_CREATE`, or one imported message).
+        case create
+        /// A message's content changed (`MESSAGE_UPDATE`).
+        case update
+        /// A message was deleted (`MESSAGE_DELETE`).
+        case delete
+        /// Several messages were deleted (`MESSAGE_DELETE_BULK`); their ids are in ``ChainEvent/messageIDs``.
+        case deleteBulk = "delete_bulk"
+        /// The bot was removed from the guild (`GUILD_DELETE` without `unavailable`): all its data goes.
+        case guildRemoved = "guild_removed"
+    }
+
+    /// Where the event came from.
+    public enum Source: String, Sendable, Hashable {
+        /// Discord's gateway.
+        case gateway
+        /// `markov train` or `/train`.
+        case importer = "import"
+        /// The local console channel of `markov up`.
+        case console
+    }
+
+    /// Author flags that decide whether a message is trained on.
+    public struct AuthorFlags: OptionSet, Sendable, Hashable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        /// The author is a bot account.
+        public static let bot = AuthorFlags(rawValue: 1)
+        /// The message came from a webhook.
+        public static let webhook = AuthorFlags(rawValue: 2)
+    }
+
+    public var kind: Kind
+    public var source: Source
+    public var guildID: Snowflake
+    public var channelID: Snowflake?
+    /// The message, for create, update and delete.
+    public var messageID: String?
+    /// The messages of a bulk delete.
+    public var messageIDs: [String]
+    public var authorID: Snowflake?
+    public var authorFlags: AuthorFlags
+    /// Discord's message type: 0 default, 19 reply; others are system messages.
+    public var messageType: Int
+    /// The text, for create and update; `nil` on an update that did not change the content.
+    public var content: String?
+    /// Attachment URLs, for create and update.
+    public var attachments: [String]
+    /// Milliseconds since the Unix epoch when the event happened (0 when unknown).
+    public var timestamp: Int64
+
+    /// Makes an event.
+    public init(
+        kind: Kind,
+        source: Source,
+        guildID: Snowflake,
+        channelID: Snowflake? = nil,
+        messageID: String? = nil,
+        messageIDs: [String] = [],
+        authorID: Snowflake? = nil,
+        authorFlags: AuthorFlags = [],
+        messageType: Int = 0,
+        content: String? = nil,
+        attachments: [String] = [],
+        timestamp: Int64 = 0
+    ) {
+        self.kind = kind
+        self.source = source
+        self.guildID = guildID
+        self.channelID = channelID
+        self.messageID = messageID
+        self.messageIDs = messageIDs
+        self.authorID = authorID
+        self.authorFlags = authorFlags
+        self.messageType = messageType
+        self.content = content
+        self.attachments = attachments
+        self.timestamp = timestamp
+    }
+
+    /// The stream fields, in a fixed order: `v`, `kind`, `src`, `guild`, then those that are set.
+    public var fields: [(String, [UInt8])] {
+        var fields: [(String, [UInt8])] = [
+            ("v", Array(Self.version.utf8)), ("kind", Array(self.kind.rawValue.utf8)),
+            ("src", Array(self.source.rawValue.utf8)), ("guild", Array(self.guildID.rawValue.utf8)),
+        ]
+        if let channelID { fields.append(("channel", Array(channelID.rawValue.utf8))) }
+        if let messageID { fields.append(("id", Array(messageID.utf8))) }
+        if !self.messageIDs.isEmpty { fields.append(("ids", Array(self.messageIDs.joined(separator: ",").utf8))) }
+        if let authorID { fields.append(("author", Array(authorID.rawValue.utf8))) }
+        if !self.authorFlags.isEmpty { fields.append(("aflags", Array(String(self.authorFlags.rawValue).utf8))) }
+        if self.messageType != 0 { fields.append(("mtype", Array(String(self.messageType).utf8))) }
+        if let content { fields.append(("content", Array(content.utf8))) }
+        if !self.attachments.isEmpty { fields.append(("att", Array(self.attachments.joined(separator: "\n").utf8))) }
+        if self.timestamp != 0 { fields.append(("ts", Array(String(self.timestamp).utf8))) }
+        return fields
+    }
+
+    /// Why a stream entry is not a valid event.
+    public struct DecodingError: Error, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Reads an event back from stream fields. Unknown fields are ignored (newer writers may add some); an
+    /// unknown version, a missing or malformed required field is an error naming it.
+    public init(fields: [String: [UInt8]]) throws(DecodingError) {
+        func text(_ name: String) -> String? { fields[name].map { String(decoding: $0, as: UTF8.self) } }
+        func snowflake(_ name: String) throws(DecodingError) -> Snowflake? {
+            guard let value = text(name) else { return nil }
+            guard let id = Snowflake(value) else { throw DecodingError(description: "field \(name) is not a snowflake") }
+            return id
+        }
+        guard let version = text("v") else { throw DecodingError(description: "no version field v") }
+        guard version == Self.version else { throw DecodingError(description: "unknown record version \(version)") }
+        guard let kindText = text("kind"), let kind = Kind(rawValue: kindText) else {
+            throw DecodingError(description: "unknown or missing kind")
+        }
+        guard let guild = try snowflake("guild") else { throw DecodingError(description: "no guild") }
+        self.kind = kind
+        self.source = text("src").flatMap(Source.init(rawValue:)) ?? .gateway
+        self.guildID = guild
+        self.channelID = try snowflake("channel")
+        self.messageID = text("id")
+        self.messageIDs = text("ids").map { $0.split(separator: ",").map(String.init) } ?? []
+        self.authorID = try snowflake("author")
+        self.authorFlags = AuthorFlags(rawValue: text("aflags").flatMap { Int($0) } ?? 0)
+        self.messageType = text("mtype").flatMap { Int($0) } ?? 0
+        self.content = text("content")
+        self.attachments = text("att").map { $0.split(separator: "\n").map(String.init) } ?? []
+        self.timestamp = text("ts").flatMap { Int64($0) } ?? 0
+        switch kind {
+        case .create, .update, .delete:
+            guard let id = self.messageID, !id.isEmpty, id.utf8.count <= 64 else {
+                throw DecodingError(description: "\(kind.rawValue) without a valid message id")
+            }
+        case .deleteBulk:
+            guard !self.messageIDs.isEmpty else { throw DecodingError(description: "delete_bulk without ids") }
+        case .guildRemoved:
+            break
+        }
+    }
+}

@@ -1,0 +1,38 @@
+/// A Discord snowflake (guild, channel, message or user id): 1 to 20 decimal digits.
+///
+/// Ids are the only untrusted text that ever reaches a Redis key name, and only after this check, so no id can
+/// move a key to another guild's slot or key family.
+public struct Snowflake: Hashable, Sendable, Comparable, CustomStringConvertible, Codable {
+    /// The decimal digits.
+    public let rawValue: String
+
+    /// Accepts 1 to 20 ASCII digits; anything else is `nil`.
+    public init?(_ text: some StringProtocol) {
+        guard (1...20).contains(text.utf8.count), text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+            return nil
+        }
+        self.rawValue = String(text)
+    }
+
+    /// The id as a number (snowflakes fit in 64 bits); 0 when it does not fit.
+    public var value: UInt64 { UInt64(self.rawValue) ?? 0 }
+
+    public var description: String { self.rawValue }
+
+    public static func < (lhs: Snowflake, rhs: Snowflake) -> Bool {
+        lhs.rawValue.count != rhs.rawValue.count ? lhs.rawValue.count < rhs.rawValue.count : lhs.rawValue < rhs.rawValue
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let id = Snowflake(text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a snowflake: \(text)"))
+        }
+        self = id
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(self.rawValue)
+    }
+}

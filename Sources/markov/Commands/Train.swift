@@ -1,0 +1,93 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MarkovChains
+import MarkovCore
+import Redis
+
+/// `markov train --guild G FILE…`: imports history through the event log, then waits until it is applied.
+struct Train: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Import message history files into a guild's chain.",
+        discussion: """
+            Reads DiscordChatExporter JSON, the reference bot's JSON ([{"message": "…"}]) or plain text (one \
+            message per line), appends every message to the guild's event stream, and applies them with a \
+            trainer in this process (other trainers help if they run). Importing the same file twice changes \
+            nothing. Imported messages count as coming from a channel enabled for learning.
+            """
+    )
+
+    @OptionGroup var options: GlobalOptions
+
+    @Option(help: "The guild (Discord id) to train.") var guild: String
+    @Argument(help: "History files.") var files: [String]
+    @Flag(help: "Only append to the stream; leave applying to running trainers.") var noApply = false
+
+    func run() async throws {
+        LoggingSetup.once
+        let guild = try snowflake(self.guild, "--guild")
+        let context = try await RoleContext(options: self.options, label: "markov.train")
+        defer { context.redis.shutdown() }
+        try await context.store.prepare()
+        try await context.log.ensureGroup("trainers")
+
+        var events: [ChainEvent] = []
+        for file in self.files {
+            let (format, fileEvents) = try HistoryImporter.events(fromFile: file, guild: guild)
+            FileHandle.standardError.write(Data("\(file): \(fileEvents.count) messages (\(format.rawValue))\n".utf8))
+            events += fileEvents
+        }
+        let queued = ProgressMeter(label: "queued ", total: events.count)
+        var sent = 0
+        for chunk in stride(from: 0, to: events.count, by: 1000) {
+            try await context.log.append(Array(events[chunk..<min(chunk + 1000, events.count)]))
+            sent = min(chunk + 1000, events.count)
+            queued.update(sent)
+        }
+        queued.finish(sent)
+        guard !self.noApply else { return }
+
+        var configuration = MarkovChains.Trainer.Configuration(consumer: RoleContext.consumerName(role: "train"))
+        configuration.partitions = context.configuration.partitions
+        configuration.commandPrefix = context.configuration.commandPrefix
+        configuration.block = .milliseconds(200)
+        let trainer = MarkovChains.Trainer(store: context.store, log: context.log, configuration: configuration, logger: context.logger)
+        let partition = context.log.keys.partition(of: guild)
+        let applying = ProgressMeter(label: "applied", total: events.count)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await trainer.run() }
+            // Done when the group has read everything in the guild's partition and nothing is pending.
+            while true {
+                let (lag, pending) = try await Self.backlog(context: context, partition: partition)
+                applying.update(max(0, events.count - lag - pending))
+                if lag == 0 && pending == 0 { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            group.cancelAll()
+        }
+        applying.finish(events.count)
+        let stats = trainer.statistics
+        let totals = try await context.store.totals(guild: guild)
+        print(
+            "learnt \(stats.created) new messages (\(stats.skipped) already known or skipped); guild \(guild) now has "
+                + "\(totals["messages", default: 0]) messages, \(totals["states", default: 0]) states, "
+                + "\(totals["transitions", default: 0]) distinct transitions"
+        )
+    }
+
+    /// Entries of the partition not yet read by the trainers, and entries read but not acknowledged.
+    static func backlog(context: RoleContext, partition: Int) async throws -> (lag: Int, pending: Int) {
+        let reply = try await context.redis.send(
+            RedisCommand("XINFO", "GROUPS", .string(context.log.keys.stream(partition)))
+        )
+        for group in reply.array ?? [] {
+            let flat = group.array ?? []
+            var info: [String: RedisReply] = [:]
+            for index in stride(from: 0, to: flat.count - 1, by: 2) { info[flat[index].string ?? ""] = flat[index + 1] }
+            if info["name"]?.string == "trainers" {
+                return (info["lag"]?.int ?? 0, info["pending"]?.int ?? 0)
+            }
+        }
+        return (0, 0)
+    }
+}

@@ -1,0 +1,60 @@
+import ArgumentParser
+import Configuration
+import Foundation
+import Logging
+import MarkovChains
+import MarkovCore
+import Redis
+import ServiceLifecycle
+
+/// What every subcommand that talks to Redis starts from: the configuration, a logger, the Redis client, the
+/// chain store and the event log.
+struct RoleContext: Sendable {
+    let configuration: MarkovConfiguration
+    let logger: Logger
+    let redis: RedisClient
+    let store: ChainStore
+    let log: EventLog
+
+    init(options: GlobalOptions, label: String) async throws {
+        let reader = try await options.configReader()
+        let configuration: MarkovConfiguration
+        do {
+            configuration = try MarkovConfiguration(config: reader)
+        } catch let error as RedisError {
+            throw ValidationError(error.message)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        var logger = Logger(label: label)
+        logger.logLevel = configuration.logLevel
+        self.configuration = configuration
+        self.logger = logger
+        self.redis = RedisClient(configuration: configuration.redis, logger: logger)
+        self.store = ChainStore(redis: self.redis, stateSize: configuration.stateSize)
+        self.log = EventLog(redis: self.redis, partitions: configuration.partitions)
+    }
+
+    /// A consumer name unique to this process: host, pid and a random suffix.
+    static func consumerName(role: String) -> String {
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
+        return "\(role)-\(host)-\(ProcessInfo.processInfo.processIdentifier)-\(UInt16.random(in: 0...UInt16.max))"
+    }
+}
+
+extension RedisClient: Service {}
+
+/// Parses a snowflake option with a clear error.
+func snowflake(_ text: String, _ what: String) throws -> Snowflake {
+    guard let id = Snowflake(text) else {
+        throw ValidationError("\(what) must be a Discord id (1 to 20 digits), not \"\(text)\"")
+    }
+    return id
+}
+
+/// Sets up logging once: to standard error, at the configured level.
+enum LoggingSetup {
+    static let once: Void = {
+        LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+    }()
+}

@@ -1,0 +1,104 @@
+import MarkovCore
+import Testing
+
+@Suite("Tokenizer")
+struct TokenizerTests {
+    @Test("splits on runs of Unicode whitespace, keeps case and punctuation")
+    func splitting() {
+        #expect(Tokenizer.tokens("Hello,  World!\tHow\nare you?") == ["Hello,", "World!", "How", "are", "you?"])
+        #expect(Tokenizer.tokens("a\u{00A0}b\u{2003}c\u{3000}d") == ["a", "b", "c", "d"])
+        #expect(Tokenizer.tokens("   ").isEmpty)
+        #expect(Tokenizer.tokens("") == [])
+        #expect(Tokenizer.tokens("one") == ["one"])
+    }
+
+    @Test("mentions with ! are normalised")
+    func mentions() {
+        #expect(Tokenizer.tokens("hi <@!123> and <@456>") == ["hi", "<@123>", "and", "<@456>"])
+        #expect(Tokenizer.tokens("<@!12>,<@!x>") == ["<@12>,<@!x>"])
+    }
+
+    @Test("odd bytes stay inside tokens; invalid UTF-8 becomes U+FFFD")
+    func oddBytes() {
+        #expect(Tokenizer.tokens("a{b}c \u{0}nul \u{200F}rtl 🎉") == ["a{b}c", "\u{0}nul", "\u{200F}rtl", "🎉"])
+        #expect(Tokenizer.tokens(utf8: [0x61, 0xFF, 0x62, 0x20, 0x63]) == ["a\u{FFFD}b", "c"])
+    }
+
+    @Test("a 4000-character message is tokenized whole")
+    func longMessage() {
+        let text = String(repeating: "word ", count: 800)
+        #expect(Tokenizer.tokens(text).count == 800)
+    }
+}
+
+@Suite("Snowflakes, events, filter, hashes")
+struct CoreTests {
+    @Test("snowflakes are 1 to 20 digits, nothing else")
+    func snowflakes() {
+        #expect(Snowflake("123")?.rawValue == "123")
+        #expect(Snowflake("") == nil)
+        #expect(Snowflake("12a") == nil)
+        #expect(Snowflake("{g:1}") == nil)
+        #expect(Snowflake("123456789012345678901") == nil)
+    }
+
+    @Test("events round-trip through stream fields")
+    func eventRoundTrip() throws {
+        let event = ChainEvent(
+            kind: .create, source: .gateway, guildID: Snowflake("1")!, channelID: Snowflake("2"), messageID: "3",
+            authorID: Snowflake("4"), authorFlags: [.bot], messageType: 19, content: "hi {there}\u{0}",
+            attachments: ["https://cdn/x.png", "https://cdn/y.png"], timestamp: 1_700_000_000_000
+        )
+        let fields = Dictionary(uniqueKeysWithValues: event.fields)
+        #expect(try ChainEvent(fields: fields) == event)
+        let bulk = ChainEvent(kind: .deleteBulk, source: .gateway, guildID: Snowflake("1")!, messageIDs: ["5", "6"])
+        #expect(try ChainEvent(fields: Dictionary(uniqueKeysWithValues: bulk.fields)) == bulk)
+    }
+
+    @Test("malformed entries are decoding errors that name the problem")
+    func malformed() {
+        #expect(throws: ChainEvent.DecodingError.self) { try ChainEvent(fields: [:]) }
+        #expect(throws: ChainEvent.DecodingError.self) {
+            try ChainEvent(fields: ["v": Array("9".utf8), "kind": Array("create".utf8), "guild": Array("1".utf8)])
+        }
+        #expect(throws: ChainEvent.DecodingError.self) {
+            try ChainEvent(fields: ["v": Array("1".utf8), "kind": Array("create".utf8), "guild": Array("{g:2}".utf8), "id": [0x31]])
+        }
+        #expect(throws: ChainEvent.DecodingError.self) {
+            try ChainEvent(fields: ["v": Array("1".utf8), "kind": Array("create".utf8), "guild": Array("1".utf8)])
+        }
+    }
+
+    @Test("the filter skips bots, webhooks, system messages, commands and empty text")
+    func filter() {
+        let filter = TrainingFilter(commandPrefix: "!mark")
+        #expect(filter.skipReason(authorFlags: [], messageType: 0, tokens: ["hi"]) == nil)
+        #expect(filter.skipReason(authorFlags: [], messageType: 19, tokens: ["hi"]) == nil)
+        #expect(filter.skipReason(authorFlags: [.bot], messageType: 0, tokens: ["hi"]) == .botAuthor)
+        #expect(filter.skipReason(authorFlags: [.webhook], messageType: 0, tokens: ["hi"]) == .webhook)
+        #expect(filter.skipReason(authorFlags: [], messageType: 7, tokens: ["hi"]) == .systemMessage)
+        #expect(filter.skipReason(authorFlags: [], messageType: 0, tokens: ["!MARK", "debug"]) == .command)
+        #expect(filter.skipReason(authorFlags: [], messageType: 0, tokens: []) == .empty)
+    }
+
+    @Test("SHA-1 matches the standard test vectors")
+    func sha1() {
+        #expect(SHA1.hex("abc".utf8) == "a9993e364706816aba3e25717850c26c9cd0d89d")
+        #expect(SHA1.hex("".utf8) == "da39a3ee5e6b4b0d3255bfef95601890afd80709")
+        #expect(
+            SHA1.hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)
+                == "84983e441c3bd26ebaae4aa1f95129e5e54670f1"
+        )
+        #expect(SHA1.prefix32("abc".utf8) == 0xa999_3e36)
+    }
+
+    @Test("a learnt message carries one state hash per transition")
+    func learnedMessage() {
+        let message = LearnedMessage(tokens: ["a", "b"], stateSize: 2)
+        #expect(message.tokens == "a b")
+        // States: "  " → a, " a" → b, "a b" → end.
+        #expect(message.stateHashes.count == 3 * 8)
+        #expect(message.stateHashes.prefix(8) == SHA1.hex(" ".utf8).prefix(8))
+        #expect(message.contentHash == String(SHA1.hex("a b".utf8).prefix(16)))
+    }
+}
