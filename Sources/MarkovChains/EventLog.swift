@@ -131,10 +131,15 @@ public struct EventLog: Sendable {
     /// returns how many entries went. Does nothing when the stream has no group.
     @discardableResult
     public func trim(partition: Int) async throws(RedisError) -> Int {
-        let stream = self.keys.stream(partition)
+        try await Self.trim(stream: self.keys.stream(partition), redis: self.redis)
+    }
+
+    /// Trims one stream up to the oldest entry some group has not consumed.
+    @discardableResult
+    public static func trim(stream: String, redis: RedisClient) async throws(RedisError) -> Int {
         let groups: [RedisReply]
         do {
-            groups = try await self.redis.send(RedisCommand("XINFO", "GROUPS", .string(stream))).array ?? []
+            groups = try await redis.send(RedisCommand("XINFO", "GROUPS", .string(stream))).array ?? []
         } catch where error.message.contains("no such key") {
             return 0
         }
@@ -148,16 +153,17 @@ public struct EventLog: Sendable {
             else { continue }
             var oldest = lastDelivered.next
             if (info["pending"]?.int ?? 0) > 0 {
-                let summary = try await self.redis.send(RedisCommand("XPENDING", .string(stream), .string(name)))
+                let summary = try await redis.send(RedisCommand("XPENDING", .string(stream), .string(name)))
                 if let first = summary.array?[1].string.flatMap(StreamID.init) { oldest = min(oldest, first) }
             }
             keep = keep.map { min($0, oldest) } ?? oldest
         }
         guard let keep else { return 0 }
-        return try await self.redis.send(RedisCommand("XTRIM", .string(stream), "MINID", .string(keep.description))).int ?? 0
+        return try await redis.send(RedisCommand("XTRIM", .string(stream), "MINID", .string(keep.description))).int ?? 0
     }
 
-    static func entries(_ reply: RedisReply) -> [Entry] {
+    /// Entries from an `XREADGROUP`/`XRANGE`-shaped array.
+    public static func entries(_ reply: RedisReply) -> [Entry] {
         (reply.array ?? []).compactMap { item in
             guard let pair = item.array, pair.count == 2, let id = pair[0].string else { return nil }
             // A claimed entry that was trimmed meanwhile comes back with nil fields.

@@ -1,0 +1,222 @@
+import Foundation
+import MarkovChains
+import MarkovCore
+import Redis
+import Testing
+
+@Suite("Chains on Redis", .enabled(if: ChainHarness.isConfigured), .serialized)
+struct ChainStoreTests {
+    @Test("counts equal an independent count of a corpus, on one Redis and on the cluster", arguments: [false, true])
+    func countsMatch(cluster: Bool) async throws {
+        let harness = try ChainHarness(cluster: cluster)
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        let texts = corpus(messages: 1500, seed: 42)
+        var model = ChainModel(stateSize: 2)
+        for text in texts { model.add(text) }
+        let stats = try await harness.train(texts.enumerated().map { ChainHarness.create(guild, id: "m\($0)", $1) })
+        #expect(stats.created == texts.count)
+        let totals = try await harness.store.totals(guild: guild)
+        #expect(totals["messages"] == texts.count)
+        #expect(totals["transitions"] == model.transitions)
+        #expect(totals["states"] == model.counts.count)
+        #expect(totals["rebuilds", default: 0] > 0, "the corpus must exercise big states with alias tables")
+        let stored = try await harness.counts(of: model, guild: guild)
+        #expect(stored == model.counts)
+        try await harness.store.deleteGuild(guild)
+    }
+
+    @Test("duplicates, replays and re-imports are counted once")
+    func exactlyOnce() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        let texts = corpus(messages: 300, seed: 7)
+        let events = texts.enumerated().map { ChainHarness.create(guild, id: "m\($0)", $1) }
+        var model = ChainModel(stateSize: 2)
+        for text in texts { model.add(text) }
+        try await harness.train(events + events.shuffled())
+        let again = try await harness.train(events)
+        #expect(again.created == 0)
+        #expect(try await harness.counts(of: model, guild: guild) == model.counts)
+        #expect(try await harness.store.totals(guild: guild)["messages"] == texts.count)
+        try await harness.store.deleteGuild(guild)
+    }
+
+    @Test("edits, deletes, bulk deletes and a user purge return the counts to what they were without the messages")
+    func editsAndDeletes() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        let base = corpus(messages: 400, seed: 11)
+        var model = ChainModel(stateSize: 2)
+        for text in base { model.add(text) }
+        try await harness.train(base.enumerated().map { ChainHarness.create(guild, id: "b\($0)", $1) })
+        let before = try await harness.counts(of: model, guild: guild)
+        #expect(before == model.counts)
+        let baselineTotals = try await harness.store.totals(guild: guild)
+
+        let extra = corpus(messages: 60, seed: 12)
+        var events: [ChainEvent] = []
+        for (index, text) in extra.enumerated() {
+            events.append(ChainHarness.create(guild, id: "x\(index)", text, author: index % 3 == 0 ? "99" : "2"))
+        }
+        // Edit some, delete some singly, some in bulk; user 99's remaining messages go with the purge.
+        for index in stride(from: 0, to: 60, by: 5) {
+            events.append(ChainEvent(kind: .update, source: .gateway, guildID: guild, messageID: "x\(index)", content: "edited \(index) w1 w2"))
+        }
+        for index in stride(from: 1, to: 60, by: 3) {
+            events.append(ChainEvent(kind: .delete, source: .gateway, guildID: guild, messageID: "x\(index)"))
+        }
+        let bulk = (0..<60).filter { $0 % 3 == 2 }.map { "x\($0)" }
+        events.append(ChainEvent(kind: .deleteBulk, source: .gateway, guildID: guild, messageIDs: bulk))
+        try await harness.train(events)
+        let forgotten = try await harness.store.forgetUser(Snowflake("99")!, guild: guild)
+        #expect(forgotten == 20)
+        #expect(try await harness.counts(of: model, guild: guild) == before)
+        let totals = try await harness.store.totals(guild: guild)
+        #expect(totals["transitions"] == baselineTotals["transitions"])
+        #expect(totals["count"] == baselineTotals["count"])
+        #expect(totals["messages"] == baselineTotals["messages"])
+
+        // Deleted messages stay deleted when their create arrives late; opted-out users stay out.
+        try await harness.train([ChainHarness.create(guild, id: "x1", "late create"), ChainHarness.create(guild, id: "new", "hello there", author: "99")])
+        #expect(try await harness.counts(of: model, guild: guild) == before)
+        try await harness.store.deleteGuild(guild)
+    }
+
+    @Test("a guild's sentences use only that guild's words")
+    func isolation() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let a = ChainHarness.newGuild()
+        let b = ChainHarness.newGuild()
+        let textsA = corpus(messages: 200, seed: 1, vocabulary: (0..<50).map { "alpha\($0)" })
+        let textsB = corpus(messages: 200, seed: 2, vocabulary: (0..<50).map { "beta\($0)" })
+        try await harness.train(
+            textsA.enumerated().map { ChainHarness.create(a, id: "a\($0)", $1) }
+                + textsB.enumerated().map { ChainHarness.create(b, id: "b\($0)", $1) }
+        )
+        var options = ChainStore.GenerationOptions()
+        options.allowCopies = true
+        for seed in 0..<200 {
+            options.rngSeed = UInt64(seed)
+            let sentence = try await harness.store.generate(guild: a, options: options).sentence ?? ""
+            #expect(!sentence.isEmpty)
+            #expect(!sentence.contains("beta"), "\(sentence)")
+        }
+        try await harness.store.deleteGuild(a)
+        try await harness.store.deleteGuild(b)
+    }
+
+    @Test("generation: one call, replayable seeds, seeded starts, limits, no verbatim copies")
+    func generation() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        let texts = corpus(messages: 500, seed: 5)
+        try await harness.train(texts.enumerated().map { ChainHarness.create(guild, id: "g\($0)", $1) })
+        var options = ChainStore.GenerationOptions()
+        options.rngSeed = 12345
+        options.debug = true
+        let first = try await harness.store.generate(guild: guild, options: options)
+        let second = try await harness.store.generate(guild: guild, options: options)
+        #expect(first.sentence != nil)
+        #expect(first == second, "the same seed replays the same sentence")
+        if let sentence = first.sentence {
+            #expect(!texts.contains(sentence), "a sentence identical to a message is rejected")
+            #expect(first.steps.count == Tokenizer.tokens(sentence).count + 1, "one step per word, plus the end")
+            #expect(first.steps.allSatisfy { $0.count > 0 && $0.count <= $0.total })
+        }
+        // A seed that is a known state starts the sentence.
+        options.seedWords = ["w0", "w1"]
+        options.allowCopies = true
+        let seeded = try await harness.store.generate(guild: guild, options: options)
+        #expect(seeded.sentence?.hasPrefix("w0 w1") == true, "\(seeded)")
+        options.seedWords = ["nonexistent-word"]
+        let unknown = try await harness.store.generate(guild: guild, options: options)
+        #expect(unknown.notes.contains("unknown"))
+        // Limits: impossible minimum → no sentence and the reason.
+        options.seedWords = []
+        options.minWords = 500
+        options.maxWords = 600
+        let none = try await harness.store.generate(guild: guild, options: options)
+        #expect(none.sentence == nil && none.notes.contains("shorter"))
+        // An empty guild says so.
+        let empty = try await harness.store.generate(guild: ChainHarness.newGuild())
+        #expect(empty.sentence == nil && empty.notes.contains("no data"))
+        try await harness.store.deleteGuild(guild)
+    }
+
+    @Test("braces, NUL, newlines, RTL marks, emoji, 4000-character and invalid UTF-8 messages are safe")
+    func oddInput() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        let other = ChainHarness.newGuild()
+        let texts = [
+            "{g:\(other.rawValue)} takes over", "}{ braces {} everywhere }", "nul \u{0} inside\u{0}token",
+            "line one\nline two\r\nline three", "\u{200F}rtl \u{202E}override", "emoji 🎉🇫🇷 👩‍👩‍👧",
+            String(repeating: "long ", count: 800), String(repeating: "x", count: 4000),
+            String(decoding: [0x62, 0x61, 0x64, 0xFF, 0xFE, 0x20, 0x75, 0x74, 0x66], as: UTF8.self),
+            "* ? [ ] \\ glob chars", "tab\tseparated\tvalues",
+        ]
+        var model = ChainModel(stateSize: 2)
+        for text in texts { model.add(text) }
+        try await harness.train(texts.enumerated().map { ChainHarness.create(guild, id: "o\($0)", $1) })
+        #expect(try await harness.counts(of: model, guild: guild) == model.counts)
+        let foreign = try await harness.keys(matching: "{g:\(other.rawValue)}*")
+        #expect(foreign.isEmpty, "no text may create keys of another guild: \(foreign)")
+        var options = ChainStore.GenerationOptions()
+        options.allowCopies = true
+        for seed in 0..<50 {
+            options.rngSeed = UInt64(seed)
+            let result = try await harness.store.generate(guild: guild, options: options)
+            #expect((result.sentence?.utf16.count ?? 0) <= 2000)
+        }
+        try await harness.store.deleteGuild(guild)
+        #expect(try await harness.keys(matching: "{g:\(guild.rawValue)}*").isEmpty, "deleting a guild removes every key")
+    }
+
+    @Test("a malformed entry goes to the dead-letter stream; the rest of its batch is applied")
+    func deadLetters() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        try await harness.store.prepare()
+        try await harness.log.ensureGroup("trainers")
+        let stream = harness.log.keys.stream(for: guild)
+        try await harness.log.append([ChainHarness.create(guild, id: "ok1", "fine message")])
+        try await harness.redis.send(RedisCommand("XADD", .string(stream), "*", "v", "1", "kind", "create", "guild", "not-a-guild"))
+        try await harness.redis.send(RedisCommand("XADD", .string(stream), "*", "v", "99", "kind", "create"))
+        try await harness.log.append([ChainHarness.create(guild, id: "ok2", "another fine message")])
+        let before = try await harness.redis.send(RedisCommand("XLEN", .string(harness.log.keys.deadLetters(harness.log.keys.partition(of: guild))))).int ?? 0
+        let stats = try await harness.drain()
+        #expect(stats.deadLetters == 2)
+        let after = try await harness.redis.send(RedisCommand("XLEN", .string(harness.log.keys.deadLetters(harness.log.keys.partition(of: guild))))).int ?? 0
+        #expect(after - before == 2)
+        #expect(try await harness.store.totals(guild: guild)["messages"] == 2)
+        try await harness.store.deleteGuild(guild)
+    }
+
+    @Test("trimming keeps every entry some group has not consumed")
+    func trimming() async throws {
+        let harness = try ChainHarness(partitions: 1)
+        defer { harness.redis.shutdown() }
+        let stream = "events:{trimtest-\(UUID().uuidString)}"
+        try await harness.redis.send(RedisCommand("XGROUP", "CREATE", .string(stream), "fast", "0", "MKSTREAM"))
+        try await harness.redis.send(RedisCommand("XGROUP", "CREATE", .string(stream), "slow", "0"))
+        for index in 0..<10 { try await harness.redis.send(RedisCommand("XADD", .string(stream), "*", "n", .integer(index))) }
+        // "fast" consumed and acknowledged all; "slow" read 4 and acknowledged 2.
+        let fast = try await harness.redis.send(RedisCommand("XREADGROUP", "GROUP", "fast", "c", "STREAMS", .string(stream), ">"))
+        let fastIDs = EventLog.entries(fast.array?[0].array?[1] ?? .null).map { RedisArgument.string($0.id) }
+        try await harness.redis.send(RedisCommand("XACK", [.string(stream), "fast"] + fastIDs))
+        let slow = try await harness.redis.send(RedisCommand("XREADGROUP", "GROUP", "slow", "c", "COUNT", 4, "STREAMS", .string(stream), ">"))
+        let slowIDs = EventLog.entries(slow.array?[0].array?[1] ?? .null).map(\.id)
+        try await harness.redis.send(RedisCommand("XACK", .string(stream), "slow", .string(slowIDs[0]), .string(slowIDs[1])))
+        let trimmed = try await EventLog.trim(stream: stream, redis: harness.redis)
+        #expect(trimmed == 2, "only the two entries every group acknowledged go")
+        #expect(try await harness.redis.send(RedisCommand("XLEN", .string(stream))).int == 8)
+        try await harness.redis.send(RedisCommand("DEL", .string(stream)))
+    }
+}
