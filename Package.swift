@@ -102,6 +102,8 @@ let package = Package(
         .testTarget(
             name: "MarkovChainsTests",
             dependencies: [
+                // The process tests run the executable; depending on it makes `swift test` build it.
+                "markov",
                 "MarkovChains",
                 "MarkovCore",
                 "Redis",

@@ -115,8 +115,7 @@ public final class Trainer: Service, Sendable {
                     }
                     continue
                 }
-                if clock.now - lastClaim >= self.configuration.claimEvery {
-                    lastClaim = clock.now
+                if clock.now - lastClaim >= min(self.configuration.claimEvery, self.configuration.claimAfter) {
                     let stale = try await self.log.claimStale(
                         partition: partition, group: self.configuration.group, consumer: self.configuration.consumer,
                         minIdle: self.configuration.claimAfter, count: self.configuration.batchSize
@@ -129,6 +128,8 @@ public final class Trainer: Service, Sendable {
                         )
                         try await self.process(stale, partition: partition)
                     }
+                    // A full batch means more may be waiting: claim again at once.
+                    if stale.count < self.configuration.batchSize { lastClaim = clock.now }
                 }
                 if clock.now - lastTrim >= self.configuration.trimEvery {
                     lastTrim = clock.now

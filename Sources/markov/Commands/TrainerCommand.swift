@@ -31,7 +31,7 @@ struct Trainer: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(
                 services: [
-                    .init(service: context.redis),
+                    .init(service: RedisClientService(client: context.redis)),
                     .init(service: trainer, successTerminationBehavior: .gracefullyShutdownGroup,
                           failureTerminationBehavior: .gracefullyShutdownGroup),
                 ],

@@ -42,7 +42,16 @@ struct RoleContext: Sendable {
     }
 }
 
-extension RedisClient: Service {}
+/// The Redis client as a service: it stays up until graceful shutdown reaches it, which happens after the
+/// services listed after it (the roles using it) have finished, then closes its connections.
+struct RedisClientService: Service {
+    let client: RedisClient
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        self.client.shutdown()
+    }
+}
 
 /// Parses a snowflake option with a clear error.
 func snowflake(_ text: String, _ what: String) throws -> Snowflake {

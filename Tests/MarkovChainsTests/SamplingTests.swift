@@ -1,0 +1,96 @@
+import Foundation
+import MarkovChains
+import MarkovCore
+import Redis
+import Testing
+
+@Suite("Sampling follows the counts", .enabled(if: ChainHarness.isConfigured), .serialized)
+struct SamplingTests {
+    /// Critical value of χ² at α = 0.001 (Wilson–Hilferty approximation).
+    static func critical(degreesOfFreedom df: Int) -> Double {
+        let k = Double(df)
+        let z = 3.090232
+        return k * pow(1 - 2 / (9 * k) + z * (2 / (9 * k)).squareRoot(), 3)
+    }
+
+    @Test(
+        "χ² of drawn successors against the counts, for states with 1, 2, 10 and 1200 successors",
+        arguments: [1, 2, 10, 1200]
+    )
+    func chiSquare(successors: Int) async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        var counts: [String: Int] = [:]
+        var events: [ChainEvent] = []
+        var id = 0
+        for index in 0..<successors {
+            let token = "t\(index)"
+            counts[token] = 1 + (index * 7) % 13
+            for _ in 0..<counts[token]! {
+                events.append(ChainHarness.create(guild, id: "c\(id)", "s0 s1 \(token)"))
+                id += 1
+            }
+        }
+        try await harness.train(events)
+        if successors > 8 {
+            // Leave the alias table stale on purpose: increments and decrements since its build must be drawn
+            // in proportion too.
+            var later: [ChainEvent] = []
+            for index in 0..<6 {
+                later.append(ChainHarness.create(guild, id: "late\(index)", "s0 s1 t\(index)"))
+                counts["t\(index)", default: 0] += 1
+            }
+            for victim in [0, 3, 5] {
+                later.append(ChainEvent(kind: .delete, source: .gateway, guildID: guild, messageID: "c\(victim)"))
+                let token = events[victim].content!.split(separator: " ")[2]
+                counts[String(token)]! -= 1
+            }
+            try await harness.train(later)
+            let table = try await harness.store.state(["s0", "s1"], guild: guild)
+            let sampling = Dictionary(uniqueKeysWithValues: table.sampling)
+            #expect(table.kind == "big")
+            #expect(Int(sampling["pending_increments"] ?? "0")! > 0, "the test must sample a stale table: \(sampling)")
+            #expect(Int(sampling["pending_decrements"] ?? "0")! > 0, "the test must sample a stale table: \(sampling)")
+        }
+        counts = counts.filter { $0.value > 0 }
+        let total = counts.values.reduce(0, +)
+        let draws = max(2000, total * 6)
+        var observed: [String: Int] = [:]
+        try await withThrowingTaskGroup(of: [String].self) { group in
+            let workers = 8
+            for worker in 0..<workers {
+                group.addTask {
+                    var options = ChainStore.GenerationOptions()
+                    options.seedWords = ["s0", "s1"]
+                    options.allowCopies = true
+                    options.maxWords = 4
+                    var tokens: [String] = []
+                    for draw in stride(from: worker, to: draws, by: workers) {
+                        options.rngSeed = UInt64(draw) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(successors)
+                        let sentence = try await harness.store.generate(guild: guild, options: options).sentence ?? ""
+                        tokens.append(String(sentence.split(separator: " ").dropFirst(2).first ?? ""))
+                    }
+                    return tokens
+                }
+            }
+            for try await tokens in group {
+                for token in tokens { observed[token, default: 0] += 1 }
+            }
+        }
+        #expect(Set(observed.keys).isSubset(of: Set(counts.keys)), "only live successors are drawn")
+        if counts.count == 1 {
+            #expect(observed == counts.mapValues { _ in draws })
+        } else {
+            var chi = 0.0
+            for (token, count) in counts {
+                let expected = Double(draws) * Double(count) / Double(total)
+                let difference = Double(observed[token, default: 0]) - expected
+                chi += difference * difference / expected
+            }
+            let critical = Self.critical(degreesOfFreedom: counts.count - 1)
+            #expect(chi < critical, "χ² = \(chi) with \(counts.count - 1) degrees of freedom (critical \(critical))")
+        }
+        try await harness.store.deleteGuild(guild)
+    }
+}
