@@ -96,6 +96,20 @@ let package = Package(
             path: "bench/RedisBench"
         ),
 
+        .executableTarget(
+            name: "ChainBench",
+            dependencies: [
+                "MarkovChains",
+                "MarkovCore",
+                "Redis",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "bench/ChainBench"
+        ),
+
         // MARK: Tests
 
         .testTarget(name: "MarkovCoreTests", dependencies: ["MarkovCore"]),

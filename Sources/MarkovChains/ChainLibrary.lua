@@ -453,6 +453,7 @@ end
 -- Successor of a state: token, its count (big states: only when debug_counts), the state's total; nil when the
 -- state is unknown.
 local debug_counts = false
+local linear_scan = false -- ablation: sample big states by scanning their counts instead of the alias table
 
 local function sample_state(P, L, p, state)
     local bk = P .. ':c:' .. bucket_of(state_hash(state), L, p)
@@ -473,6 +474,15 @@ local function sample_state(P, L, p, state)
     local T, n, tokens_at, pending, neg = parse_header(v)
     local total = T + pending - neg
     if total <= 0 then return nil end
+    if linear_scan then
+        local flat = redis.call('HGETALL', sk)
+        local r = rand_below(total)
+        for i = 1, #flat, 2 do
+            r = r - tonumber(flat[i + 1])
+            if r < 0 then return flat[i], tonumber(flat[i + 1]), total end
+        end
+        return nil
+    end
     for _ = 1, 64 do
         local r = rand_below(T + pending)
         local tok
@@ -520,7 +530,7 @@ local function state_exists(P, L, p, state)
 end
 
 -- markov_generate(meta; n, seed_a, seed_b, max_words, max_tries, min_words, max_chars, allow_copies, debug,
---                 seed words…)
+--                 sampling ('alias', or 'linear' for the benchmark ablation), seed words…)
 -- Returns {sentence or false, tries, notes, steps} where steps (debug only) is a flat list of
 -- token, count, total per step of the returned sentence, and notes explains how the seed was used.
 local function generate(keys, args)
@@ -531,8 +541,9 @@ local function generate(keys, args)
     local max_words, max_tries, min_words, max_chars = tonumber(args[4]), tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
     local allow_copies, debug = args[8] == '1', args[9] == '1'
     debug_counts = debug
+    linear_scan = args[10] == 'linear'
     local seed = {}
-    for i = 10, #args do seed[#seed + 1] = args[i] end
+    for i = 11, #args do seed[#seed + 1] = args[i] end
     local L, p = load_table(meta)
 
     -- Where to start: the last n seed words as a state; else a seed word that starts messages (the last such);

@@ -101,6 +101,8 @@ public struct ChainStore: Sendable {
         public var allowCopies = false
         /// Return each step's token and probability.
         public var debug = false
+        /// Sample big states by scanning their counts instead of the alias table: an ablation for `bench/`.
+        public var linearScan = false
         public init() {}
     }
 
@@ -132,6 +134,7 @@ public struct ChainStore: Sendable {
             .integer(Int(options.rngSeed >> 33)), .integer(Int(options.rngSeed & 0x1_FFFF_FFFF)),
             .integer(options.maxWords), .integer(options.maxTries), .integer(options.minWords),
             .integer(options.maxCharacters), options.allowCopies ? "1" : "0", options.debug ? "1" : "0",
+            options.linearScan ? "linear" : "alias",
         ]
         arguments += options.seedWords.map { .string($0) }
         let reply = try await self.callReloading(RedisCommand("FCALL_RO", arguments))

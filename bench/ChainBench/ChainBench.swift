@@ -1,0 +1,262 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MarkovChains
+import MarkovCore
+import NIOCore
+import NIOPosix
+import Redis
+
+/// Measures the chain store: training throughput and memory, generation throughput and latency (with the
+/// linear-scan and client-side-walk ablations), and freshness. Prints `key=value` lines for `bench/run`.
+@main
+struct ChainBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(subcommands: [TrainBench.self, GenerateBench.self, FreshnessBench.self])
+}
+
+struct Common: ParsableArguments {
+    @Option(help: "Redis URL.") var url = "redis://127.0.0.1:6379"
+    @Option(help: "Tokens per state.") var stateSize = 2
+    @Option(help: "Event log partitions.") var partitions = 1
+
+    func make() throws -> (RedisClient, ChainStore, EventLog) {
+        NIOSingletons.groupLoopCountSuggestion = 1
+        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let redis = RedisClient(configuration: try RedisConfiguration(url: self.url), logger: logger)
+        return (redis, ChainStore(redis: redis, stateSize: self.stateSize), EventLog(redis: redis, partitions: self.partitions))
+    }
+
+    static func trainer(_ store: ChainStore, _ log: EventLog, batch: Int = 256) -> Trainer {
+        var configuration = Trainer.Configuration(consumer: "bench-\(UUID().uuidString)")
+        configuration.partitions = log.keys.partitions
+        configuration.block = .milliseconds(50)
+        configuration.batchSize = batch
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        return Trainer(store: store, log: log, configuration: configuration, logger: logger)
+    }
+
+    static func backlog(_ redis: RedisClient, _ log: EventLog) async throws -> Int {
+        var total = 0
+        for partition in 0..<log.keys.partitions {
+            let reply = try await redis.send(RedisCommand("XINFO", "GROUPS", .string(log.keys.stream(partition))))
+            for group in reply.array ?? [] {
+                let flat = group.array ?? []
+                var info: [String: RedisReply] = [:]
+                for i in stride(from: 0, to: flat.count - 1, by: 2) { info[flat[i].string ?? ""] = flat[i + 1] }
+                if info["name"]?.string == "trainers" { total += (info["lag"]?.int ?? 0) + (info["pending"]?.int ?? 0) }
+            }
+        }
+        return total
+    }
+}
+
+func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+}
+
+func quantile(_ sorted: [Double], _ q: Double) -> Double {
+    sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))]
+}
+
+/// Imports a corpus into a fresh guild and times the trainer applying it.
+struct TrainBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "train")
+    @OptionGroup var common: Common
+    @Option(help: "One message per line.") var corpus: String
+    @Option(help: "The guild to fill (deleted first).") var guild = "900000000000000001"
+    @Option(help: "Entries per trainer batch.") var batch = 256
+
+    func run() async throws {
+        let (redis, store, log) = try self.common.make()
+        defer { redis.shutdown() }
+        let guild = Snowflake(self.guild)!
+        try await store.prepare()
+        try await store.deleteGuild(guild)
+        try await log.ensureGroup("trainers")
+        let lines = try String(contentsOfFile: self.corpus, encoding: .utf8).split(separator: "\n").map(String.init)
+        let events = lines.enumerated().map { index, text in
+            ChainEvent(kind: .create, source: .importer, guildID: guild, messageID: "b\(index)", content: text)
+        }
+        let clock = ContinuousClock()
+        let appendStart = clock.now
+        for chunk in stride(from: 0, to: events.count, by: 2000) {
+            try await log.append(Array(events[chunk..<min(chunk + 2000, events.count)]))
+        }
+        let appendTime = clock.now - appendStart
+        let trainer = Common.trainer(store, log, batch: self.batch)
+        let start = clock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await trainer.run() }
+            while try await Common.backlog(redis, log) > 0 { try await Task.sleep(for: .milliseconds(20)) }
+            group.cancelAll()
+        }
+        let applyTime = clock.now - start
+        let totals = try await store.totals(guild: guild)
+        // Memory by key: the chain (everything but message records) and the message records.
+        var chainBytes = 0
+        var messageBytes = 0
+        var cursor = "0"
+        repeat {
+            let reply = try await redis.send(RedisCommand("SCAN", .string(cursor), "MATCH", .string("{g:\(guild)}*"), "COUNT", 1000))
+            cursor = reply.array?[0].string ?? "0"
+            for key in (reply.array?[1].array ?? []).compactMap(\.string) {
+                let bytes = try await redis.send(RedisCommand("MEMORY", "USAGE", .string(key), "SAMPLES", 0)).int ?? 0
+                if key.hasSuffix("}:m") || key.hasSuffix("}:h") { messageBytes += bytes } else { chainBytes += bytes }
+            }
+        } while cursor != "0"
+        let transitions = totals["count", default: 0]
+        print(
+            "messages=\(totals["messages", default: 0]) transitions_applied=\(transitions) "
+                + "distinct_transitions=\(totals["transitions", default: 0]) states=\(totals["states", default: 0]) "
+                + "apply_seconds=\(seconds(applyTime)) transitions_per_sec=\(Int(Double(transitions) / seconds(applyTime))) "
+                + "messages_per_sec=\(Int(Double(lines.count) / seconds(applyTime))) "
+                + "append_per_sec=\(Int(Double(lines.count) / seconds(appendTime))) "
+                + "chain_bytes=\(chainBytes) bytes_per_transition=\(chainBytes / max(1, totals["transitions", default: 1])) "
+                + "message_bytes=\(messageBytes) bytes_per_message=\(messageBytes / max(1, totals["messages", default: 1]))"
+        )
+    }
+}
+
+/// Generates sentences with concurrent callers.
+struct GenerateBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "generate")
+    @OptionGroup var common: Common
+    @Option var guild = "900000000000000001"
+    @Option var callers = 8
+    @Option var count = 5000
+    @Flag(help: "Ablation: sample big states by linear scan.") var linear = false
+    @Flag(help: "Ablation: walk the chain from the client, one call per word.") var clientWalk = false
+
+    func run() async throws {
+        let (redis, store, _) = try self.common.make()
+        defer { redis.shutdown() }
+        let guild = Snowflake(self.guild)!
+        try await store.prepare()
+        let clock = ContinuousClock()
+        let perCaller = self.count / self.callers
+        let start = clock.now
+        let results = try await withThrowingTaskGroup(of: ([Double], Int).self) { group in
+            for caller in 0..<self.callers {
+                group.addTask {
+                    var latencies: [Double] = []
+                    var made = 0
+                    var generator = SystemRandomNumberGenerator()
+                    for index in 0..<perCaller {
+                        let begin = clock.now
+                        if self.clientWalk {
+                            if try await Self.walk(store: store, guild: guild, generator: &generator) { made += 1 }
+                        } else {
+                            var options = ChainStore.GenerationOptions()
+                            options.rngSeed = UInt64(caller * perCaller + index)
+                            options.maxTries = 1
+                            options.allowCopies = true
+                            options.linearScan = self.linear
+                            if try await store.generate(guild: guild, options: options).sentence != nil { made += 1 }
+                        }
+                        latencies.append(seconds(clock.now - begin) * 1e6)
+                    }
+                    return (latencies, made)
+                }
+            }
+            var all: [Double] = []
+            var made = 0
+            for try await (latencies, count) in group {
+                all += latencies
+                made += count
+            }
+            return (all.sorted(), made)
+        }
+        let elapsed = seconds(clock.now - start)
+        print(
+            "calls_per_sec=\(Int(Double(results.0.count) / elapsed)) sentences_per_sec=\(Int(Double(results.1) / elapsed)) "
+                + "p50_us=\(Int(quantile(results.0, 0.5))) p99_us=\(Int(quantile(results.0, 0.99)))"
+        )
+    }
+
+    /// The client-side walk: one `markov_state` call per word, sampled here.
+    static func walk(store: ChainStore, guild: Snowflake, generator: inout SystemRandomNumberGenerator) async throws -> Bool {
+        var state = Array(repeating: "", count: store.stateSize)
+        for _ in 0..<60 {
+            let table = try await store.state(state, guild: guild)
+            let total = table.successors.reduce(0) { $0 + $1.count }
+            guard total > 0 else { return false }
+            var r = Int.random(in: 0..<total, using: &generator)
+            var next = ""
+            for (token, count) in table.successors {
+                r -= count
+                if r < 0 { next = token; break }
+            }
+            if next.isEmpty { return true }
+            state.removeFirst()
+            state.append(next)
+        }
+        return false
+    }
+}
+
+/// Feeds messages at a fixed rate while a trainer runs, and times XADD → sampleable for marked messages.
+struct FreshnessBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "fresh")
+    @OptionGroup var common: Common
+    @Option(help: "Messages per second.") var rate = 1000
+    @Option var seconds = 10
+    @Option var guild = "900000000000000002"
+
+    func run() async throws {
+        let (redis, store, log) = try self.common.make()
+        defer { redis.shutdown() }
+        let guild = Snowflake(self.guild)!
+        try await store.prepare()
+        try await store.deleteGuild(guild)
+        try await log.ensureGroup("trainers")
+        _ = try? await Common.backlog(redis, log)
+        let trainer = Common.trainer(store, log)
+        let clock = ContinuousClock()
+        let total = self.rate * self.seconds
+        let latencies = try await withThrowingTaskGroup(of: [Double].self) { group in
+            group.addTask { try await trainer.run(); return [] }
+            group.addTask {
+                var generator = SystemRandomNumberGenerator()
+                var probes: [Task<Double, any Error>] = []
+                let start = clock.now
+                for index in 0..<total {
+                    let due = start + .nanoseconds(Int64(index) * 1_000_000_000 / Int64(self.rate))
+                    if clock.now < due { try await Task.sleep(until: due, clock: clock) }
+                    let words = (0..<Int.random(in: 3...12, using: &generator)).map { _ in "w\(Int.random(in: 0..<2000, using: &generator))" }
+                    let marked = index % 20 == 0
+                    let text = (marked ? ["fresh\(index)"] : []) + words
+                    let sent = clock.now
+                    try await log.append([ChainEvent(kind: .create, source: .importer, guildID: guild, messageID: "f\(index)", content: text.joined(separator: " "))])
+                    if marked {
+                        probes.append(Task {
+                            while true {
+                                if try await store.state(["", "fresh\(index)"], guild: guild).kind != "unknown" {
+                                    return ChainBenchSeconds.micro(clock.now - sent)
+                                }
+                                try await Task.sleep(for: .milliseconds(1))
+                            }
+                        })
+                    }
+                }
+                var latencies: [Double] = []
+                for probe in probes { latencies.append(try await probe.value) }
+                return latencies
+            }
+            var latencies: [Double] = []
+            for try await part in group where !part.isEmpty {
+                latencies = part
+                group.cancelAll()
+                break
+            }
+            return latencies.sorted()
+        }
+        print("rate=\(self.rate) probes=\(latencies.count) fresh_p50_ms=\(quantile(latencies, 0.5) / 1000) fresh_p99_ms=\(quantile(latencies, 0.99) / 1000)")
+    }
+}
+
+enum ChainBenchSeconds {
+    static func micro(_ duration: Duration) -> Double { seconds(duration) * 1e6 }
+}
