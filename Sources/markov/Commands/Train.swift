@@ -30,6 +30,7 @@ struct Train: AsyncParsableCommand {
         defer { context.redis.shutdown() }
         try await context.store.prepare()
         try await context.log.ensureGroup("trainers")
+        let before = try await context.store.totals(guild: guild)["messages", default: 0]
 
         var events: [ChainEvent] = []
         for file in self.files {
@@ -66,10 +67,10 @@ struct Train: AsyncParsableCommand {
             group.cancelAll()
         }
         applying.finish(events.count)
-        let stats = trainer.statistics
         let totals = try await context.store.totals(guild: guild)
+        let learnt = totals["messages", default: 0] - before
         print(
-            "learnt \(stats.created) new messages (\(stats.skipped) already known or skipped); guild \(guild) now has "
+            "learnt \(learnt) new messages (\(events.count - learnt) already known or skipped); guild \(guild) now has "
                 + "\(totals["messages", default: 0]) messages, \(totals["states", default: 0]) states, "
                 + "\(totals["transitions", default: 0]) distinct transitions"
         )
