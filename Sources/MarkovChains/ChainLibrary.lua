@@ -42,10 +42,21 @@ end
 -- Successor lists of small states -----------------------------------------------------------------------------
 
 local function decode_small(v)
+    -- Plain string.find, not gmatch: this runs for every state a call touches.
     local toks, counts = {}, {}
-    for c, t in string.gmatch(v, '(%d+)\t([^\n]*)') do
-        toks[#toks + 1] = t
-        counts[#counts + 1] = tonumber(c)
+    local pos = 1
+    while true do
+        local tab = string.find(v, '\t', pos, true)
+        if not tab then break end
+        counts[#counts + 1] = tonumber(string.sub(v, pos, tab - 1))
+        local stop = string.find(v, '\n', tab + 1, true)
+        if stop then
+            toks[#toks + 1] = string.sub(v, tab + 1, stop - 1)
+            pos = stop + 1
+        else
+            toks[#toks + 1] = string.sub(v, tab + 1)
+            break
+        end
     end
     return toks, counts
 end
@@ -460,6 +471,11 @@ local function sample_state(P, L, p, state)
     local v = redis.call('HGET', bk, state)
     if not v then return nil end
     if string.byte(v, 1) ~= 42 then
+        if not string.find(v, '\n', 1, true) then -- one successor: the common case
+            local tab = string.find(v, '\t', 1, true)
+            local count = tonumber(string.sub(v, 1, tab - 1))
+            return string.sub(v, tab + 1), count, count
+        end
         local toks, counts = decode_small(v)
         local total = 0
         for i = 1, #counts do total = total + counts[i] end

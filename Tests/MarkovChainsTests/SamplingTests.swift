@@ -4,7 +4,8 @@ import MarkovCore
 import Redis
 import Testing
 
-@Suite("Sampling follows the counts", .enabled(if: ChainHarness.isConfigured), .serialized)
+extension ChainIntegrationTests {
+@Suite("Sampling follows the counts")
 struct SamplingTests {
     /// Critical value of χ² at α = 0.001 (Wilson–Hilferty approximation).
     static func critical(degreesOfFreedom df: Int) -> Double {
@@ -93,4 +94,5 @@ struct SamplingTests {
         }
         try await harness.store.deleteGuild(guild)
     }
+}
 }

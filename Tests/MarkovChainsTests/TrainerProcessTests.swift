@@ -4,7 +4,8 @@ import MarkovCore
 import Redis
 import Testing
 
-@Suite("Trainer processes", .enabled(if: ChainHarness.isConfigured), .serialized)
+extension ChainIntegrationTests {
+@Suite("Trainer processes")
 struct TrainerProcessTests {
     /// The `markov` executable built beside the tests.
     static var executable: URL? {
@@ -68,4 +69,5 @@ struct TrainerProcessTests {
         #expect(try await harness.counts(of: model, guild: guild) == model.counts)
         try await harness.store.deleteGuild(guild)
     }
+}
 }

@@ -260,7 +260,8 @@ struct PrivateServerTests {
             + [RedisCommand("EVAL", .string(busy), 0)]
             + (0..<1000).map { RedisCommand("HINCRBY", "h", .string("g\($0)"), 1) }
         async let outcomes = client.pipeline(commands)
-        try await Task.sleep(for: .milliseconds(300))
+        // The busy script runs for 3 s; killing after 1 s lands inside it even on a loaded machine.
+        try await Task.sleep(for: .seconds(1))
         server.kill()
         let results = await outcomes
         #expect(results.count == commands.count)
@@ -269,7 +270,7 @@ struct PrivateServerTests {
                 Issue.record("a command of the killed pipeline succeeded")
                 break
             }
-            #expect(failure.code == .connectionClosed, "\(failure)")
+            #expect([.connectionClosed, .connectionFailed].contains(failure.code), "\(failure)")
         }
         // While the server is down, a command fails with a connection error instead of hanging.
         var down = try RedisConfiguration(url: "redis://127.0.0.1:\(server.port)")

@@ -5,6 +5,11 @@ import MarkovCore
 import Redis
 import Testing
 
+/// Every suite that uses the shared event streams and the `trainers` group runs one test at a time: an
+/// in-process trainer of one test would otherwise apply another test's entries.
+@Suite("Chain integration", .enabled(if: ChainHarness.isConfigured), .serialized)
+enum ChainIntegrationTests {}
+
 /// Redis servers from `make test`, a fresh guild per test, an in-process trainer, and an independent model of
 /// what the chain must hold.
 struct ChainHarness {
