@@ -26,9 +26,9 @@ struct ChainStoreTests {
         try await harness.store.deleteGuild(guild)
     }
 
-    @Test("duplicates, replays and re-imports are counted once")
-    func exactlyOnce() async throws {
-        let harness = try ChainHarness()
+    @Test("duplicates, replays and re-imports are counted once", arguments: [false, true])
+    func exactlyOnce(cluster: Bool) async throws {
+        let harness = try ChainHarness(cluster: cluster)
         defer { harness.redis.shutdown() }
         let guild = ChainHarness.newGuild()
         let texts = corpus(messages: 300, seed: 7)
@@ -85,9 +85,9 @@ struct ChainStoreTests {
         try await harness.store.deleteGuild(guild)
     }
 
-    @Test("a guild's sentences use only that guild's words")
-    func isolation() async throws {
-        let harness = try ChainHarness()
+    @Test("a guild's sentences use only that guild's words", arguments: [false, true])
+    func isolation(cluster: Bool) async throws {
+        let harness = try ChainHarness(cluster: cluster)
         defer { harness.redis.shutdown() }
         let a = ChainHarness.newGuild()
         let b = ChainHarness.newGuild()
@@ -218,6 +218,29 @@ struct ChainStoreTests {
         #expect(trimmed == 2, "only the two entries every group acknowledged go")
         #expect(try await harness.redis.send(RedisCommand("XLEN", .string(stream))).int == 8)
         try await harness.redis.send(RedisCommand("DEL", .string(stream)))
+    }
+
+    @Test("gateway messages are learnt only in channels enabled for learning; a removed guild loses everything")
+    func listenChannelsAndGuildRemoval() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        let channel = Snowflake("555")!
+        func message(_ id: String, _ text: String) -> ChainEvent {
+            ChainEvent(kind: .create, source: .gateway, guildID: guild, channelID: channel, messageID: id,
+                       authorID: Snowflake("8"), content: text)
+        }
+        try await harness.train([message("q1", "not listening yet")])
+        #expect(try await harness.store.totals(guild: guild)["messages", default: 0] == 0)
+        try await harness.store.setListening(true, channel: channel, guild: guild)
+        #expect(try await harness.store.listenChannels(guild: guild) == ["555"])
+        let bot = ChainEvent(kind: .create, source: .gateway, guildID: guild, channelID: channel, messageID: "q3",
+                             authorID: Snowflake("9"), authorFlags: [.bot], content: "bots are not learnt")
+        let command = message("q4", "!mark debug")
+        try await harness.train([message("q2", "now it learns"), bot, command])
+        #expect(try await harness.store.totals(guild: guild)["messages"] == 1)
+        try await harness.train([ChainEvent(kind: .guildRemoved, source: .gateway, guildID: guild)])
+        #expect(try await harness.keys(matching: "{g:\(guild.rawValue)}*").isEmpty)
     }
 }
 }
