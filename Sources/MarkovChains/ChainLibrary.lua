@@ -466,6 +466,17 @@ end
 local debug_counts = false
 local linear_scan = false -- ablation: sample big states by scanning their counts instead of the alias table
 
+-- Draws from a big state's counts hash by a linear scan: the fallback, and the benchmark's ablation.
+local function scan_counts(sk, total)
+    local flat = redis.call('HGETALL', sk)
+    local r = rand_below(total)
+    for i = 1, #flat, 2 do
+        r = r - tonumber(flat[i + 1])
+        if r < 0 then return flat[i], tonumber(flat[i + 1]), total end
+    end
+    return nil
+end
+
 local function sample_state(P, L, p, state)
     local bk = P .. ':c:' .. bucket_of(state_hash(state), L, p)
     local v = redis.call('HGET', bk, state)
@@ -490,15 +501,7 @@ local function sample_state(P, L, p, state)
     local T, n, tokens_at, pending, neg = parse_header(v)
     local total = T + pending - neg
     if total <= 0 then return nil end
-    if linear_scan then
-        local flat = redis.call('HGETALL', sk)
-        local r = rand_below(total)
-        for i = 1, #flat, 2 do
-            r = r - tonumber(flat[i + 1])
-            if r < 0 then return flat[i], tonumber(flat[i + 1]), total end
-        end
-        return nil
-    end
+    if linear_scan then return scan_counts(sk, total) end
     for _ = 1, 64 do
         local r = rand_below(T + pending)
         local tok
@@ -521,13 +524,7 @@ local function sample_state(P, L, p, state)
         if minus == 0 or rand_below(count + minus) < count then return tok, count, total end
     end
     -- Extremely unlikely (each try accepts with probability >= 3/4): fall back to a linear scan.
-    local flat = redis.call('HGETALL', sk)
-    local r = rand_below(total)
-    for i = 1, #flat, 2 do
-        r = r - tonumber(flat[i + 1])
-        if r < 0 then return flat[i], tonumber(flat[i + 1]), total end
-    end
-    return nil
+    return scan_counts(sk, total)
 end
 
 local function utf16_length(s)

@@ -103,6 +103,22 @@ public struct EventLog: Sendable {
         return counts
     }
 
+    /// Entries of a group not yet read (lag) plus entries read but not acknowledged (pending), over every
+    /// partition: zero when the group has caught up.
+    public func backlog(group: String, partitions: some Sequence<Int>) async throws(RedisError) -> Int {
+        var total = 0
+        for partition in partitions {
+            let reply = try await self.redis.send(RedisCommand("XINFO", "GROUPS", .string(self.keys.stream(partition))))
+            for entry in reply.array ?? [] {
+                let flat = entry.array ?? []
+                var info: [String: RedisReply] = [:]
+                for index in stride(from: 0, to: flat.count - 1, by: 2) { info[flat[index].string ?? ""] = flat[index + 1] }
+                if info["name"]?.string == group { total += (info["lag"]?.int ?? 0) + (info["pending"]?.int ?? 0) }
+            }
+        }
+        return total
+    }
+
     /// Acknowledges entries.
     public func acknowledge(partition: Int, group: String, ids: [String]) async throws(RedisError) {
         guard !ids.isEmpty else { return }

@@ -37,20 +37,6 @@ struct Common: ParsableArguments {
         logger.logLevel = .error
         return Trainer(store: store, log: log, configuration: configuration, logger: logger)
     }
-
-    static func backlog(_ redis: RedisClient, _ log: EventLog) async throws -> Int {
-        var total = 0
-        for partition in 0..<log.keys.partitions {
-            let reply = try await redis.send(RedisCommand("XINFO", "GROUPS", .string(log.keys.stream(partition))))
-            for group in reply.array ?? [] {
-                let flat = group.array ?? []
-                var info: [String: RedisReply] = [:]
-                for i in stride(from: 0, to: flat.count - 1, by: 2) { info[flat[i].string ?? ""] = flat[i + 1] }
-                if info["name"]?.string == "trainers" { total += (info["lag"]?.int ?? 0) + (info["pending"]?.int ?? 0) }
-            }
-        }
-        return total
-    }
 }
 
 func seconds(_ duration: Duration) -> Double {
@@ -90,7 +76,7 @@ struct TrainBench: AsyncParsableCommand {
         let start = clock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await trainer.run() }
-            while try await Common.backlog(redis, log) > 0 { try await Task.sleep(for: .milliseconds(20)) }
+            while try await log.backlog(group: "trainers", partitions: 0..<log.keys.partitions) > 0 { try await Task.sleep(for: .milliseconds(20)) }
             group.cancelAll()
         }
         let applyTime = clock.now - start
@@ -212,8 +198,7 @@ struct FreshnessBench: AsyncParsableCommand {
         try await store.prepare()
         try await store.deleteGuild(guild)
         try await log.ensureGroup("trainers")
-        _ = try? await Common.backlog(redis, log)
-        let trainer = Common.trainer(store, log)
+                let trainer = Common.trainer(store, log)
         let clock = ContinuousClock()
         let total = self.rate * self.seconds
         let latencies = try await withThrowingTaskGroup(of: [Double].self) { group in

@@ -59,9 +59,9 @@ struct Train: AsyncParsableCommand {
             group.addTask { try await trainer.run() }
             // Done when the group has read everything in the guild's partition and nothing is pending.
             while true {
-                let (lag, pending) = try await Self.backlog(context: context, partition: partition)
-                applying.update(max(0, events.count - lag - pending))
-                if lag == 0 && pending == 0 { break }
+                let backlog = try await context.log.backlog(group: "trainers", partitions: [partition])
+                applying.update(max(0, events.count - backlog))
+                if backlog == 0 { break }
                 try await Task.sleep(for: .milliseconds(100))
             }
             group.cancelAll()
@@ -74,21 +74,5 @@ struct Train: AsyncParsableCommand {
                 + "\(totals["messages", default: 0]) messages, \(totals["states", default: 0]) states, "
                 + "\(totals["transitions", default: 0]) distinct transitions"
         )
-    }
-
-    /// Entries of the partition not yet read by the trainers, and entries read but not acknowledged.
-    static func backlog(context: RoleContext, partition: Int) async throws -> (lag: Int, pending: Int) {
-        let reply = try await context.redis.send(
-            RedisCommand("XINFO", "GROUPS", .string(context.log.keys.stream(partition)))
-        )
-        for group in reply.array ?? [] {
-            let flat = group.array ?? []
-            var info: [String: RedisReply] = [:]
-            for index in stride(from: 0, to: flat.count - 1, by: 2) { info[flat[index].string ?? ""] = flat[index + 1] }
-            if info["name"]?.string == "trainers" {
-                return (info["lag"]?.int ?? 0, info["pending"]?.int ?? 0)
-            }
-        }
-        return (0, 0)
     }
 }

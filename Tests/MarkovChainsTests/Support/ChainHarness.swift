@@ -87,19 +87,7 @@ struct ChainHarness {
 
     /// Entries not yet read plus entries pending, over all partitions.
     func backlog() async throws -> Int {
-        var total = 0
-        for partition in 0..<self.log.keys.partitions {
-            let reply = try await self.redis.send(RedisCommand("XINFO", "GROUPS", .string(self.log.keys.stream(partition))))
-            for group in reply.array ?? [] {
-                let flat = group.array ?? []
-                var info: [String: RedisReply] = [:]
-                for index in stride(from: 0, to: flat.count - 1, by: 2) { info[flat[index].string ?? ""] = flat[index + 1] }
-                if info["name"]?.string == "trainers" {
-                    total += (info["lag"]?.int ?? 0) + (info["pending"]?.int ?? 0)
-                }
-            }
-        }
-        return total
+        try await self.log.backlog(group: "trainers", partitions: 0..<self.log.keys.partitions)
     }
 
     /// The counts the chain holds for every state of `model`, read back through `markov_state`.
