@@ -23,11 +23,6 @@ struct StandardError: TextOutputStream {
     }
 }
 
-struct Up: NotBuiltYet {
-    static let configuration = CommandConfiguration(abstract: "Run every role in one process (the embedded default).")
-    static let plannedIn = "It will run every role in one process on a private Redis (operations issue)."
-}
-
 struct Gateway: NotBuiltYet {
     static let configuration = CommandConfiguration(abstract: "Hold Discord gateway shards and feed the event streams.")
     static let plannedIn = "Tracked by the gateway issue."

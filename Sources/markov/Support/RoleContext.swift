@@ -17,15 +17,22 @@ struct RoleContext: Sendable {
     let log: EventLog
 
     init(options: GlobalOptions, label: String) async throws {
+        try await self.init(configuration: Self.configuration(options), label: label)
+    }
+
+    /// Reads the configuration, with clear errors for bad values.
+    static func configuration(_ options: GlobalOptions) async throws -> MarkovConfiguration {
         let reader = try await options.configReader()
-        let configuration: MarkovConfiguration
         do {
-            configuration = try MarkovConfiguration(config: reader)
+            return try MarkovConfiguration(config: reader)
         } catch let error as RedisError {
             throw ValidationError(error.message)
         } catch {
             throw ValidationError("\(error)")
         }
+    }
+
+    init(configuration: MarkovConfiguration, label: String) {
         var logger = Logger(label: label)
         logger.logLevel = configuration.logLevel
         self.configuration = configuration
