@@ -18,10 +18,6 @@ public struct ChainKeys: Sendable, Hashable {
     public var listen: String { "\(self.prefix):listen" }
     /// Set of user ids who opted out.
     public var optOut: String { "\(self.prefix):optout" }
-    /// Hash of message id → what was learnt (or `-` once deleted).
-    public var messages: String { "\(self.prefix):m" }
-    /// Bucket hash number `index` of small states.
-    public func bucket(_ index: Int) -> String { "\(self.prefix):c:\(index)" }
 }
 
 /// The event log's keys: `partitions` streams, each its own cluster slot, a guild always in the same one.
