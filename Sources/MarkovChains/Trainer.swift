@@ -37,6 +37,9 @@ public final class Trainer: Service, Sendable {
         public var trimEvery: Duration = .seconds(60)
         /// Messages starting with this are commands, not conversation.
         public var commandPrefix = "!mark"
+        /// Deadline of a batch's apply calls: Redis runs them one at a time, so under load one call may wait
+        /// behind many others; cutting it off would only make it run again.
+        public var applyTimeout: Duration = .seconds(120)
 
         /// Defaults, with the consumer name.
         public init(consumer: String) { self.consumer = consumer }
@@ -217,7 +220,7 @@ public final class Trainer: Service, Sendable {
                 return (guild, call.entries, call.command, call.removal)
             }
             if batch.isEmpty { break }
-            let results = await self.log.redis.pipeline(batch.map(\.2))
+            let results = await self.log.redis.pipeline(batch.map(\.2), timeout: self.configuration.applyTimeout)
             for ((guild, callEntries, _, removal), result) in zip(batch, results) {
                 switch result {
                 case .success(let reply):

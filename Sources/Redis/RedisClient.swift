@@ -105,11 +105,14 @@ public final class RedisClient: Sendable {
 
     /// Sends commands as one pipeline and returns one result per command, in order. A command's error reply is
     /// its `.failure`; the other commands still run. Connection failures fail the commands sent on it.
-    public func pipeline(_ commands: [RedisCommand]) async -> [Result<RedisReply, RedisError>] {
+    ///
+    /// `timeout` replaces ``RedisConfiguration/commandTimeout`` for this pipeline, for work known to be long
+    /// (large Function calls) that must not be cut off while Redis is busy with other clients' work.
+    public func pipeline(_ commands: [RedisCommand], timeout: Duration? = nil) async -> [Result<RedisReply, RedisError>] {
         guard !commands.isEmpty else { return [] }
         if let pool = self.standalonePool {
             do {
-                let replies = try await pool.send(commands)
+                let replies = try await pool.send(commands, timeout: timeout)
                 return zip(commands, replies).map { command, reply in
                     Result { () throws(RedisError) in try Self.unwrap(reply, command: command) }
                 }
@@ -117,7 +120,7 @@ public final class RedisClient: Sendable {
                 return Array(repeating: .failure(error), count: commands.count)
             }
         }
-        return await self.clusterPipeline(commands)
+        return await self.clusterPipeline(commands, timeout: timeout)
     }
 
     /// The masters: the one server, or every master of the cluster's current slot map.
@@ -214,7 +217,7 @@ public final class RedisClient: Sendable {
         }
     }
 
-    private func clusterPipeline(_ commands: [RedisCommand]) async -> [Result<RedisReply, RedisError>] {
+    private func clusterPipeline(_ commands: [RedisCommand], timeout: Duration?) async -> [Result<RedisReply, RedisError>] {
         var groups: [RedisEndpoint: [Int]] = [:]
         var results = [Result<RedisReply, RedisError>?](repeating: nil, count: commands.count)
         for (index, command) in commands.enumerated() {
@@ -228,7 +231,7 @@ public final class RedisClient: Sendable {
             for (endpoint, indices) in groups {
                 group.addTask {
                     do throws(RedisError) {
-                        let replies = try await self.pool(for: endpoint).send(indices.map { commands[$0] })
+                        let replies = try await self.pool(for: endpoint).send(indices.map { commands[$0] }, timeout: timeout)
                         return Array(zip(indices, replies.map { Result<RedisReply, RedisError>.success($0) }))
                     } catch {
                         return indices.map { ($0, .failure(error)) }

@@ -18,13 +18,17 @@ struct Common: ParsableArguments {
     @Option(help: "Redis URL.") var url = "redis://127.0.0.1:6379"
     @Option(help: "Tokens per state.") var stateSize = 2
     @Option(help: "Event log partitions.") var partitions = 1
+    @Option(help: "Redis Cluster seeds (host:port,…); overrides --url.") var clusterNodes: String?
 
     func make() throws -> (RedisClient, ChainStore, EventLog) {
         NIOSingletons.groupLoopCountSuggestion = 1
         NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         var logger = Logger(label: "bench")
         logger.logLevel = .error
-        let redis = RedisClient(configuration: try RedisConfiguration(url: self.url), logger: logger)
+        var configuration = try self.clusterNodes.map { try RedisConfiguration(clusterNodes: $0) }
+            ?? RedisConfiguration(url: self.url)
+        configuration.commandTimeout = .seconds(120) // a saturated Redis answers late, and that is what is measured
+        let redis = RedisClient(configuration: configuration, logger: logger)
         return (redis, ChainStore(redis: redis, stateSize: self.stateSize), EventLog(redis: redis, partitions: self.partitions))
     }
 
@@ -54,17 +58,22 @@ struct TrainBench: AsyncParsableCommand {
     @Option(help: "One message per line.") var corpus: String
     @Option(help: "The guild to fill (deleted first).") var guild = "900000000000000001"
     @Option(help: "Entries per trainer batch.") var batch = 256
+    @Option(help: "Trainers running at once (in this process; each is a consumer like a separate process).")
+    var trainers = 1
+    @Option(help: "Spread the corpus over this many guilds (consecutive ids from --guild).") var guilds = 1
 
     func run() async throws {
         let (redis, store, log) = try self.common.make()
         defer { redis.shutdown() }
-        let guild = Snowflake(self.guild)!
+        let base = UInt64(self.guild)!
+        let guildIDs = (0..<UInt64(self.guilds)).map { Snowflake(String(base + $0))! }
+        let guild = guildIDs[0]
         try await store.prepare()
-        try await store.deleteGuild(guild)
+        for id in guildIDs { try await store.deleteGuild(id) }
         try await log.ensureGroup("trainers")
         let lines = try String(contentsOfFile: self.corpus, encoding: .utf8).split(separator: "\n").map(String.init)
         let events = lines.enumerated().map { index, text in
-            ChainEvent(kind: .create, source: .importer, guildID: guild, messageID: "b\(index)", content: text)
+            ChainEvent(kind: .create, source: .importer, guildID: guildIDs[index % guildIDs.count], messageID: "b\(index)", content: text)
         }
         let clock = ContinuousClock()
         let appendStart = clock.now
@@ -72,27 +81,34 @@ struct TrainBench: AsyncParsableCommand {
             try await log.append(Array(events[chunk..<min(chunk + 2000, events.count)]))
         }
         let appendTime = clock.now - appendStart
-        let trainer = Common.trainer(store, log, batch: self.batch)
         let start = clock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await trainer.run() }
+            for _ in 0..<self.trainers {
+                let trainer = Common.trainer(store, log, batch: self.batch)
+                group.addTask { try await trainer.run() }
+            }
             while try await log.backlog(group: "trainers", partitions: 0..<log.keys.partitions) > 0 { try await Task.sleep(for: .milliseconds(20)) }
             group.cancelAll()
         }
         let applyTime = clock.now - start
-        let totals = try await store.totals(guild: guild)
+        var totals: [String: Int] = [:]
+        for id in guildIDs {
+            for (key, value) in try await store.totals(guild: id) { totals[key, default: 0] += value }
+        }
         // Memory by key: the chain (everything but message records) and the message records.
         var chainBytes = 0
         var messageBytes = 0
-        var cursor = "0"
-        repeat {
-            let reply = try await redis.send(RedisCommand("SCAN", .string(cursor), "MATCH", .string("{g:\(guild)}*"), "COUNT", 1000))
-            cursor = reply.array?[0].string ?? "0"
-            for key in (reply.array?[1].array ?? []).compactMap(\.string) {
-                let bytes = try await redis.send(RedisCommand("MEMORY", "USAGE", .string(key), "SAMPLES", 0)).int ?? 0
-                if key.hasSuffix("}:m") || key.hasSuffix("}:h") { messageBytes += bytes } else { chainBytes += bytes }
-            }
-        } while cursor != "0"
+        for master in try await redis.masters() {
+            var cursor = "0"
+            repeat {
+                let reply = try await redis.send(RedisCommand("SCAN", .string(cursor), "MATCH", .string("{g:\(guild)}*"), "COUNT", 1000), to: master)
+                cursor = reply.array?[0].string ?? "0"
+                for key in (reply.array?[1].array ?? []).compactMap(\.string) {
+                    let bytes = try await redis.send(RedisCommand("MEMORY", "USAGE", .string(key), "SAMPLES", 0)).int ?? 0
+                    if key.hasSuffix("}:m") || key.hasSuffix("}:h") { messageBytes += bytes } else { chainBytes += bytes }
+                }
+            } while cursor != "0"
+        }
         let transitions = totals["count", default: 0]
         print(
             "messages=\(totals["messages", default: 0]) transitions_applied=\(transitions) "
@@ -100,8 +116,10 @@ struct TrainBench: AsyncParsableCommand {
                 + "apply_seconds=\(seconds(applyTime)) transitions_per_sec=\(Int(Double(transitions) / seconds(applyTime))) "
                 + "messages_per_sec=\(Int(Double(lines.count) / seconds(applyTime))) "
                 + "append_per_sec=\(Int(Double(lines.count) / seconds(appendTime))) "
-                + "chain_bytes=\(chainBytes) bytes_per_transition=\(chainBytes / max(1, totals["transitions", default: 1])) "
-                + "message_bytes=\(messageBytes) bytes_per_message=\(messageBytes / max(1, totals["messages", default: 1]))"
+                + (self.guilds == 1
+                    ? "chain_bytes=\(chainBytes) bytes_per_transition=\(chainBytes / max(1, totals["transitions", default: 1])) "
+                        + "message_bytes=\(messageBytes) bytes_per_message=\(messageBytes / max(1, totals["messages", default: 1]))"
+                    : "guilds=\(self.guilds) trainers=\(self.trainers)")
         )
     }
 }
