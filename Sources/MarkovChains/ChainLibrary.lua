@@ -615,7 +615,7 @@ local function generate(keys, args)
             reason = 'the guild has no data'
         elseif #out < min_words then
             reason = 'every try was shorter than the minimum'
-        elseif utf16_length(sentence) > max_chars then
+        elseif #sentence > max_chars and utf16_length(sentence) > max_chars then -- bytes >= UTF-16 units
             reason = 'every try was longer than the character limit'
         elseif not allow_copies and redis.call('HEXISTS', P .. ':h', content_hash(sentence)) == 1 then
             reason = 'every try repeated a message verbatim'
