@@ -242,5 +242,30 @@ struct ChainStoreTests {
         try await harness.train([ChainEvent(kind: .guildRemoved, source: .gateway, guildID: guild)])
         #expect(try await harness.keys(matching: "{g:\(guild.rawValue)}*").isEmpty)
     }
+
+    @Test("an entry whose apply fails inside Redis is retried, then dead-lettered; its batch-mates are applied")
+    func poisonEntry() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        try await harness.train([ChainHarness.create(guild, id: "p1", "a healthy message")])
+        // Corrupt one message record, so the update below makes the Function fail every time.
+        try await harness.redis.send(RedisCommand("HSET", .string("{g:\(guild.rawValue)}:m"), "p1", "no-tab-here"))
+        let deadLetters = harness.log.keys.deadLetters(harness.log.keys.partition(of: guild))
+        let before = try await harness.redis.send(RedisCommand("XLEN", .string(deadLetters))).int ?? 0
+        let stats = try await harness.train([
+            ChainHarness.create(guild, id: "p2", "first neighbour"),
+            ChainEvent(kind: .update, source: .gateway, guildID: guild, messageID: "p1", content: "edited text"),
+            ChainHarness.create(guild, id: "p3", "second neighbour"),
+        ])
+        #expect(stats.deadLetters == 1)
+        let entries = try await harness.redis.send(RedisCommand("XRANGE", .string(deadLetters), "-", "+"))
+        let last = EventLog.entries(entries).last
+        #expect((try await harness.redis.send(RedisCommand("XLEN", .string(deadLetters))).int ?? 0) == before + 1)
+        #expect(last.map { String(decoding: $0.fields["reason"] ?? [], as: UTF8.self) }?.contains("failed 3 times") == true)
+        #expect(last.map { String(decoding: $0.fields["f.id"] ?? [], as: UTF8.self) } == "p1")
+        #expect(try await harness.store.totals(guild: guild)["messages"] == 3, "the neighbours were applied")
+        try await harness.store.deleteGuild(guild)
+    }
 }
 }
