@@ -14,7 +14,8 @@ final class ConnectionHealth: Sendable {
 /// Marks a command that never reached the socket, so it is safe to send again on another connection.
 struct CommandNotSent: Error {}
 
-/// A batch of commands written together (one command, or a pipeline) and the promise of their replies.
+/// A batch of commands written together (one command, or a pipeline) and the continuation waiting for its
+/// replies. Completed exactly once: by its last reply, or by the failure that removes it from the handler.
 struct RedisBatch {
     /// The encodings of every command, back to back.
     var payload: ByteBuffer
@@ -23,7 +24,10 @@ struct RedisBatch {
     /// When the connection gives up on the batch and is discarded.
     var deadline: NIODeadline
     /// Completed with one reply per command, in order; error replies stay as ``RedisReply/error(_:)``.
-    var promise: EventLoopPromise<[RedisReply]>
+    var continuation: UnsafeContinuation<[RedisReply], any Error>
+
+    func succeed(_ replies: [RedisReply]) { self.continuation.resume(returning: replies) }
+    func fail(_ error: RedisError) { self.continuation.resume(throwing: error) }
 }
 
 /// Matches replies to the batches written on one connection, in order.
@@ -71,7 +75,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
     /// batch submitted after the channel closed still fails at once instead of being dropped.
     func submit(_ batch: RedisBatch) {
         guard self.failure == nil, let context = self.context else {
-            batch.promise.fail(
+            batch.fail(
                 RedisError(
                     .connectionClosed,
                     "the connection to \(self.peer) had failed; the command was not sent",
@@ -111,7 +115,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
                     let replies = self.oldestReplies
                     self.oldestReplies = []
                     if let next = self.inFlight.first { self.oldestReplies.reserveCapacity(next.count) }
-                    oldest.promise.succeed(replies)
+                    oldest.succeed(replies)
                 }
             }
         } catch {
@@ -173,7 +177,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
         self.deadlineTimer = nil
         self.oldestReplies = []
         for batch in failed {
-            batch.promise.fail(error)
+            batch.fail(error)
         }
         if let context { context.close(promise: nil) }
     }

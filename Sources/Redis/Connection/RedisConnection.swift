@@ -120,29 +120,17 @@ final class RedisConnection: Sendable {
             payload = self.channel.allocator.buffer(capacity: commands.reduce(0) { $0 + $1.encoded.readableBytes })
             for command in commands { payload.writeImmutableBuffer(command.encoded) }
         }
-        let promise = self.channel.eventLoop.makePromise(of: [RedisReply].self)
-        let batch = RedisBatch(
-            payload: payload,
-            count: commands.count,
-            deadline: .now() + .nanoseconds(Int64(timeout.nanoseconds)),
-            promise: promise
-        )
-        let eventLoop = self.channel.eventLoop
-        if eventLoop.inEventLoop {
-            self.handler.value.submit(batch)
-        } else {
-            eventLoop.execute { [handler] in handler.value.submit(batch) }
-        }
+        let deadline = NIODeadline.now() + .nanoseconds(Int64(timeout.nanoseconds))
         do {
             if closeOnCancel {
                 let channel = self.channel
-                return try await withTaskCancellationHandler {
-                    try await promise.futureResult.get()
+                return try await withTaskCancellationHandler { [payload] in
+                    try await self.submit(payload, count: commands.count, deadline: deadline)
                 } onCancel: {
                     channel.close(promise: nil)
                 }
             }
-            return try await promise.futureResult.get()
+            return try await self.submit(payload, count: commands.count, deadline: deadline)
         } catch let error as RedisError {
             if closeOnCancel && Task.isCancelled {
                 throw RedisError(.cancelled, "\(commands[0].name) on \(self.endpoint) was cancelled", underlying: error)
@@ -150,6 +138,20 @@ final class RedisConnection: Sendable {
             throw error
         } catch {
             throw RedisError(.connectionClosed, "the connection to \(self.endpoint) failed", underlying: error)
+        }
+    }
+
+    /// Hands a batch to the handler on its event loop; the handler resumes the continuation directly, so a
+    /// command costs no promise, future or callback.
+    private func submit(_ payload: ByteBuffer, count: Int, deadline: NIODeadline) async throws -> [RedisReply] {
+        try await withUnsafeThrowingContinuation { continuation in
+            let batch = RedisBatch(payload: payload, count: count, deadline: deadline, continuation: continuation)
+            let eventLoop = self.channel.eventLoop
+            if eventLoop.inEventLoop {
+                self.handler.value.submit(batch)
+            } else {
+                eventLoop.execute { [handler] in handler.value.submit(batch) }
+            }
         }
     }
 
