@@ -366,6 +366,16 @@ function Chain:flush()
     end
 end
 
+-- A guild's state size is fixed by its first apply; mixing sizes would corrupt the chain.
+local function check_state_size(meta, n, record)
+    local stored = redis.call('HGET', meta, 'state_size')
+    if stored and tonumber(stored) ~= n then
+        return redis.error_reply('ERR markov: this guild was trained with state size ' .. stored .. ', not ' .. n)
+    end
+    if not stored and record then redis.call('HSET', meta, 'state_size', n) end
+    return nil
+end
+
 -- Message records: '{g}:m' maps message id → 'author\ttokens' (what was learnt), or '-' once deleted, so a
 -- late create cannot bring it back. '{g}:h' counts messages by a hash of their tokens, so generation can refuse
 -- to repeat one verbatim.
@@ -403,6 +413,8 @@ local function apply(keys, args)
     local meta = keys[1]
     local P = prefix_of(meta)
     local n = tonumber(args[1])
+    local mismatch = check_state_size(meta, n, true)
+    if mismatch then return mismatch end
     local chain = new_chain(meta)
     local created, updated, deleted, skipped = 0, 0, 0, 0
     local listen, optout = P .. ':listen', P .. ':optout'
@@ -550,6 +562,8 @@ local function generate(keys, args)
     local meta = keys[1]
     local P = prefix_of(meta)
     local n = tonumber(args[1])
+    local mismatch = check_state_size(meta, n, false)
+    if mismatch then return mismatch end
     seed_rng(args[2], args[3])
     local max_words, max_tries, min_words, max_chars = tonumber(args[4]), tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
     local allow_copies, debug = args[8] == '1', args[9] == '1'

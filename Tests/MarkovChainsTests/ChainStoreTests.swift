@@ -267,5 +267,23 @@ struct ChainStoreTests {
         #expect(try await harness.store.totals(guild: guild)["messages"] == 3, "the neighbours were applied")
         try await harness.store.deleteGuild(guild)
     }
+
+    @Test("a guild keeps the state size it was first trained with")
+    func stateSizeIsFixed() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        try await harness.train([ChainHarness.create(guild, id: "s1", "one two three four")])
+        let other = ChainStore(redis: harness.redis, stateSize: 3)
+        let message = LearnedMessage(tokens: ["five", "six"], stateSize: 3)
+        await #expect {
+            try await other.apply([.create(id: "s2", author: "1", channel: "", force: true, message: message)], guild: guild)
+        } throws: { error in
+            (error as? RedisError)?.message.contains("state size 2, not 3") == true
+        }
+        await #expect(throws: RedisError.self) { try await other.generate(guild: guild) }
+        #expect(try await harness.store.totals(guild: guild)["messages"] == 1)
+        try await harness.store.deleteGuild(guild)
+    }
 }
 }
