@@ -45,9 +45,15 @@ public struct ChainStore: Sendable {
 
     /// The command that applies `operations` to `guild` atomically (for pipelining several guilds).
     public func applyCommand(_ operations: [Operation], guild: Snowflake) -> RedisCommand {
-        var arguments: [RedisArgument] = [
-            .string("markov_apply"), 1, .string(ChainKeys(guild: guild).meta), .integer(self.stateSize),
-        ]
+        RedisCommand(
+            "FCALL",
+            ["markov_apply", 1, .string(ChainKeys(guild: guild).meta)] + self.applyArguments(operations)
+        )
+    }
+
+    /// The arguments of `markov_apply` after its key.
+    private func applyArguments(_ operations: [Operation]) -> [RedisArgument] {
+        var arguments: [RedisArgument] = [.integer(self.stateSize)]
         arguments.reserveCapacity(4 + operations.count * 8)
         for operation in operations {
             switch operation {
@@ -61,7 +67,7 @@ public struct ChainStore: Sendable {
                 arguments += ["d", .string(id), "", "", "0", "", "", ""]
             }
         }
-        return RedisCommand("FCALL", arguments)
+        return arguments
     }
 
     /// Reads the reply of an ``applyCommand(_:guild:)``.
@@ -80,8 +86,7 @@ public struct ChainStore: Sendable {
     /// Applies operations to one guild in one atomic call.
     @discardableResult
     public func apply(_ operations: [Operation], guild: Snowflake) async throws(RedisError) -> ApplyResult {
-        let reply = try await self.callReloading(self.applyCommand(operations, guild: guild))
-        return try Self.applyResult(reply)
+        try Self.applyResult(try await self.call("markov_apply", guild: guild, self.applyArguments(operations)))
     }
 
     // MARK: Generating
@@ -130,14 +135,13 @@ public struct ChainStore: Sendable {
     /// Generates one sentence with one `FCALL_RO`.
     public func generate(guild: Snowflake, options: GenerationOptions = .init()) async throws(RedisError) -> Generation {
         var arguments: [RedisArgument] = [
-            "markov_generate", 1, .string(ChainKeys(guild: guild).meta), .integer(self.stateSize),
-            .integer(Int(options.rngSeed >> 33)), .integer(Int(options.rngSeed & 0x1_FFFF_FFFF)),
+            .integer(self.stateSize), .integer(Int(options.rngSeed >> 33)), .integer(Int(options.rngSeed & 0x1_FFFF_FFFF)),
             .integer(options.maxWords), .integer(options.maxTries), .integer(options.minWords),
             .integer(options.maxCharacters), options.allowCopies ? "1" : "0", options.debug ? "1" : "0",
             options.linearScan ? "linear" : "alias",
         ]
         arguments += options.seedWords.map { .string($0) }
-        let reply = try await self.callReloading(RedisCommand("FCALL_RO", arguments))
+        let reply = try await self.call("markov_generate", guild: guild, arguments, readOnly: true)
         guard let parts = reply.array, parts.count == 4 else {
             throw RedisError(.protocolError, "markov_generate answered \(reply)")
         }
@@ -172,10 +176,7 @@ public struct ChainStore: Sendable {
 
     /// The state made of `tokens` (`stateSize` of them; `""` stands for the start).
     public func state(_ tokens: [String], guild: Snowflake) async throws(RedisError) -> StateTable {
-        let reply = try await self.callReloading(
-            RedisCommand("FCALL_RO", ["markov_state", 1, .string(ChainKeys(guild: guild).meta),
-                                      .string(tokens.joined(separator: " "))])
-        )
+        let reply = try await self.call("markov_state", guild: guild, [.string(tokens.joined(separator: " "))], readOnly: true)
         guard let parts = reply.array, parts.count == 4 else {
             throw RedisError(.protocolError, "markov_state answered \(reply)")
         }
@@ -214,10 +215,9 @@ public struct ChainStore: Sendable {
         var cursor = "0"
         var forgotten = 0
         repeat {
-            let reply = try await self.callReloading(
-                RedisCommand("FCALL", ["markov_forget_user", 1, .string(ChainKeys(guild: guild).meta),
-                                       .integer(self.stateSize), .string(user.rawValue), .string(cursor),
-                                       .integer(pageSize)])
+            let reply = try await self.call(
+                "markov_forget_user", guild: guild,
+                [.integer(self.stateSize), .string(user.rawValue), .string(cursor), .integer(pageSize)]
             )
             guard let parts = reply.array, parts.count == 2, let next = parts[0].string else {
                 throw RedisError(.protocolError, "markov_forget_user answered \(reply)")
@@ -236,10 +236,7 @@ public struct ChainStore: Sendable {
     /// Deletes every key of the guild; returns how many keys went.
     @discardableResult
     public func deleteGuild(_ guild: Snowflake) async throws(RedisError) -> Int {
-        let reply = try await self.callReloading(
-            RedisCommand("FCALL", ["markov_delete_guild", 1, .string(ChainKeys(guild: guild).meta)])
-        )
-        return reply.int ?? 0
+        try await self.call("markov_delete_guild", guild: guild, []).int ?? 0
     }
 
     // MARK: Settings
@@ -263,13 +260,13 @@ public struct ChainStore: Sendable {
         return (reply.array ?? []).compactMap(\.string).sorted()
     }
 
-    /// Sends a Function call; if Redis lost the library, loads it and tries once more.
-    func callReloading(_ command: RedisCommand) async throws(RedisError) -> RedisReply {
-        do {
-            return try await self.redis.send(command)
-        } catch where error.code == .server && error.message.contains("Function not found") {
-            try await self.prepare()
-            return try await self.redis.send(command)
-        }
+    /// Calls one of the library's functions on a guild's keys (the client reloads the library if Redis lost it).
+    private func call(
+        _ function: String, guild: Snowflake, _ arguments: [RedisArgument], readOnly: Bool = false
+    ) async throws(RedisError) -> RedisReply {
+        try await self.redis.call(
+            function, in: ChainLibrary.library, keys: [.string(ChainKeys(guild: guild).meta)],
+            arguments: arguments, readOnly: readOnly
+        )
     }
 }

@@ -13,8 +13,7 @@ import Synchronization
 ///   schedules a refresh), `ASK` is followed once with `ASKING`, and `TRYAGAIN`/`CLUSTERDOWN`/`LOADING` are
 ///   retried with backoff, all within ``RedisConfiguration/maxRedirects``.
 ///
-/// Nothing runs in the background until the first command. ``shutdown()`` (or the end of ``run()``) closes
-/// every connection.
+/// Nothing runs in the background until the first command. ``shutdown()`` closes every connection.
 public final class RedisClient: Sendable {
     /// How this client reaches Redis.
     public let configuration: RedisConfiguration
@@ -52,13 +51,6 @@ public final class RedisClient: Sendable {
             self.pools = Mutex([endpoint: pool])
         }
         self.cluster = Mutex(ClusterState())
-    }
-
-    /// Waits until the task is cancelled (graceful shutdown), then closes every connection. Lets the client
-    /// sit in a service group beside the roles that use it.
-    public func run() async throws {
-        try? await Task.sleep(for: .seconds(Int64.max / 4_000_000_000))
-        self.shutdown()
     }
 
     /// Closes every connection. Commands in flight fail with ``RedisError/Code/connectionClosed``.
