@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+scripts/validate-deploy.sh
 trap 'scripts/test-redis.sh stop' EXIT
 scripts/test-redis.sh start
 export MARKOV_TEST_REDIS_URL="redis://127.0.0.1:${MARKOV_TEST_STANDALONE_PORT:-16379}"
