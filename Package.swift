@@ -24,6 +24,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/swift-websocket", from: "1.6.2"),
+        .package(url: "https://github.com/adam-fowler/compress-nio", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // MARK: C libraries, each behind one door
@@ -65,6 +68,49 @@ let package = Package(
             resources: [.copy("ChainLibrary.lua")]
         ),
 
+        // MARK: Discord: the protocol (pure), REST over libcurl, the gateway runtime, and a fake Discord for tests
+
+        .target(name: "DiscordProtocol", dependencies: ["MarkovCore"]),
+        .target(
+            name: "DiscordREST",
+            dependencies: [
+                "CCurl",
+                "DiscordProtocol",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "DiscordGateway",
+            dependencies: [
+                "DiscordProtocol",
+                "DiscordREST",
+                "MarkovChains",
+                "MarkovCore",
+                "Redis",
+                .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "WSClient", package: "swift-websocket"),
+            ]
+        ),
+        .target(
+            name: "FakeDiscord",
+            dependencies: [
+                "DiscordProtocol",
+                "MarkovCore",
+                .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ]
+        ),
+
         // MARK: The one executable
 
         .executableTarget(
@@ -73,6 +119,9 @@ let package = Package(
                 "Redis",
                 "MarkovCore",
                 "MarkovChains",
+                "DiscordGateway",
+                "DiscordProtocol",
+                "DiscordREST",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
@@ -113,6 +162,24 @@ let package = Package(
         // MARK: Tests
 
         .testTarget(name: "MarkovCoreTests", dependencies: ["MarkovCore"]),
+        .testTarget(name: "DiscordProtocolTests", dependencies: ["DiscordProtocol", "MarkovCore"]),
+        .testTarget(
+            name: "DiscordGatewayTests",
+            dependencies: [
+                // The process tests run the executable.
+                "markov",
+                "DiscordGateway",
+                "DiscordProtocol",
+                "FakeDiscord",
+                "MarkovChains",
+                "MarkovCore",
+                "Redis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .testTarget(
             name: "MarkovChainsTests",
             dependencies: [

@@ -326,6 +326,8 @@ public final class Trainer: Service, Sendable {
             return .apply(event.messageIDs.map { .delete(id: $0) })
         case .guildRemoved:
             return .removeGuild
+        case .interaction:
+            return nil
         }
     }
 }

@@ -16,6 +16,9 @@ public struct ChainEvent: Sendable, Hashable {
         case deleteBulk = "delete_bulk"
         /// The bot was removed from the guild (`GUILD_DELETE` without `unavailable`): all its data goes.
         case guildRemoved = "guild_removed"
+        /// A slash command or other interaction (`INTERACTION_CREATE`), for the responders; ``ChainEvent/payload``
+        /// holds it as JSON. Trainers acknowledge it and do nothing else.
+        case interaction
     }
 
     /// Where the event came from.
@@ -56,6 +59,11 @@ public struct ChainEvent: Sendable, Hashable {
     public var attachments: [String]
     /// Milliseconds since the Unix epoch when the event happened (0 when unknown).
     public var timestamp: Int64
+    /// The interaction as JSON, for ``Kind/interaction``.
+    public var payload: [UInt8]?
+    /// The gateway shard and sequence number the event arrived with, `"shard:seq"` (diagnostics: a replay after a
+    /// resume shows up as the same value twice).
+    public var origin: String?
 
     /// Makes an event.
     public init(
@@ -70,7 +78,9 @@ public struct ChainEvent: Sendable, Hashable {
         messageType: Int = 0,
         content: String? = nil,
         attachments: [String] = [],
-        timestamp: Int64 = 0
+        timestamp: Int64 = 0,
+        payload: [UInt8]? = nil,
+        origin: String? = nil
     ) {
         self.kind = kind
         self.source = source
@@ -84,6 +94,8 @@ public struct ChainEvent: Sendable, Hashable {
         self.content = content
         self.attachments = attachments
         self.timestamp = timestamp
+        self.payload = payload
+        self.origin = origin
     }
 
     /// The stream fields, in a fixed order: `v`, `kind`, `src`, `guild`, then those that are set.
@@ -101,6 +113,8 @@ public struct ChainEvent: Sendable, Hashable {
         if let content { fields.append(("content", Array(content.utf8))) }
         if !self.attachments.isEmpty { fields.append(("att", Array(self.attachments.joined(separator: "\n").utf8))) }
         if self.timestamp != 0 { fields.append(("ts", Array(String(self.timestamp).utf8))) }
+        if let payload { fields.append(("payload", payload)) }
+        if let origin { fields.append(("origin", Array(origin.utf8))) }
         return fields
     }
 
@@ -136,6 +150,8 @@ public struct ChainEvent: Sendable, Hashable {
         self.content = text("content")
         self.attachments = text("att").map { $0.split(separator: "\n").map(String.init) } ?? []
         self.timestamp = text("ts").flatMap { Int64($0) } ?? 0
+        self.payload = fields["payload"]
+        self.origin = text("origin")
         switch kind {
         case .create, .update, .delete:
             guard let id = self.messageID, !id.isEmpty, id.utf8.count <= 64 else {
@@ -145,6 +161,8 @@ public struct ChainEvent: Sendable, Hashable {
             guard !self.messageIDs.isEmpty else { throw DecodingError(description: "delete_bulk without ids") }
         case .guildRemoved:
             break
+        case .interaction:
+            guard self.payload != nil else { throw DecodingError(description: "interaction without payload") }
         }
     }
 }

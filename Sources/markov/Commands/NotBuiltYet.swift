@@ -23,11 +23,6 @@ struct StandardError: TextOutputStream {
     }
 }
 
-struct Gateway: NotBuiltYet {
-    static let configuration = CommandConfiguration(abstract: "Hold Discord gateway shards and feed the event streams.")
-    static let plannedIn = "Tracked by the gateway issue."
-}
-
 struct Responder: NotBuiltYet {
     static let configuration = CommandConfiguration(abstract: "Answer mentions, the prefix and slash commands.")
     static let plannedIn = "Tracked by the responder issue."

@@ -1,0 +1,104 @@
+import DiscordProtocol
+import Foundation
+import MarkovCore
+import Redis
+
+/// What gateway processes keep in Redis, so that none keeps state of its own:
+///
+/// | key | type | what |
+/// |---|---|---|
+/// | `gateway:session:<shard>` | hash `session_id resume_url seq shard_count updated_ms` | the shard's resumable session |
+/// | `gateway:identify:<max_concurrency>:<bucket>` | string with a 5 s expiry | an identify in that bucket is under way |
+/// | `gateway:limits` | hash `total remaining reset_at_ms max_concurrency updated_ms` | identify limits from discovery |
+/// | `bot:user` | hash `id application_id` | the bot user (READY), for mention detection |
+///
+/// `seq` is written only after every dispatch up to it reached the event log, so a resume from it loses nothing.
+public struct GatewayStore: Sendable {
+    public let redis: RedisClient
+
+    public init(redis: RedisClient) { self.redis = redis }
+
+    public static func sessionKey(shard: Int) -> String { "gateway:session:\(shard)" }
+    public static func identifyKey(maxConcurrency: Int, bucket: Int) -> String {
+        "gateway:identify:\(maxConcurrency):\(bucket)"
+    }
+    public static let limitsKey = "gateway:limits"
+    public static let botUserKey = "bot:user"
+
+    /// The stored session of a shard, if any.
+    public func session(shard: Int) async throws(RedisError) -> GatewaySession? {
+        let reply = try await self.redis.send(RedisCommand("HGETALL", .string(Self.sessionKey(shard: shard))))
+        let flat = reply.array ?? []
+        var fields: [String: String] = [:]
+        for index in stride(from: 0, to: flat.count - 1, by: 2) {
+            fields[flat[index].string ?? ""] = flat[index + 1].string
+        }
+        guard let id = fields["session_id"], let url = fields["resume_url"], let seq = fields["seq"].flatMap({ Int($0) }),
+              let count = fields["shard_count"].flatMap({ Int($0) })
+        else { return nil }
+        return GatewaySession(sessionID: id, resumeURL: url, sequence: seq, shardCount: count)
+    }
+
+    /// The command that records a session checkpoint.
+    static func saveCommand(shard: Int, session: GatewaySession) -> RedisCommand {
+        RedisCommand(
+            "HSET",
+            .string(Self.sessionKey(shard: shard)), "session_id", .string(session.sessionID),
+            "resume_url", .string(session.resumeURL), "seq", .integer(session.sequence),
+            "shard_count", .integer(session.shardCount), "updated_ms", .integer(Self.nowMilliseconds())
+        )
+    }
+
+    /// Forgets a shard's session (it cannot be resumed).
+    public func deleteSession(shard: Int) async throws(RedisError) {
+        try await self.redis.send(RedisCommand("DEL", .string(Self.sessionKey(shard: shard))))
+    }
+
+    /// Takes the identify slot of a bucket: returns once this caller may identify, at least `interval` after the
+    /// previous identify in the same bucket by any process. `stop` ends the wait early (returns false).
+    public func acquireIdentifySlot(
+        maxConcurrency: Int, bucket: Int, interval: Duration, owner: String, stop: @Sendable () -> Bool
+    ) async throws(RedisError) -> Bool {
+        let key = Self.identifyKey(maxConcurrency: maxConcurrency, bucket: bucket)
+        let milliseconds = Int(interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
+        while !stop() {
+            let set = try await self.redis.send(
+                RedisCommand("SET", .string(key), .string(owner), "NX", "PX", .integer(milliseconds))
+            )
+            if set.string == "OK" { return true }
+            let left = try await self.redis.send(RedisCommand("PTTL", .string(key))).int ?? 0
+            // A key without expiry (-1) cannot happen through this code; treat it as a full interval.
+            let wait = left > 0 ? left : (left == -1 ? milliseconds : 1)
+            try? await Task.sleep(for: .milliseconds(min(wait, 250) + Int.random(in: 0...10)))
+        }
+        return false
+    }
+
+    /// Records the identify limits from discovery.
+    public func saveLimits(_ limits: GatewayBot.SessionStartLimit) async throws(RedisError) {
+        let now = Self.nowMilliseconds()
+        try await self.redis.send(
+            RedisCommand(
+                "HSET", .string(Self.limitsKey), "total", .integer(limits.total), "remaining", .integer(limits.remaining),
+                "reset_at_ms", .integer(now + limits.resetAfter), "max_concurrency", .integer(limits.maxConcurrency),
+                "updated_ms", .integer(now)
+            )
+        )
+    }
+
+    /// Counts one identify against the stored daily limit; returns what is left.
+    public func countIdentify() async throws(RedisError) -> Int? {
+        let exists = try await self.redis.send(RedisCommand("HEXISTS", .string(Self.limitsKey), "remaining")).int ?? 0
+        guard exists == 1 else { return nil }
+        return try await self.redis.send(RedisCommand("HINCRBY", .string(Self.limitsKey), "remaining", -1)).int
+    }
+
+    /// Records the bot user from READY.
+    public func saveBotUser(_ ready: Ready) async throws(RedisError) {
+        var arguments: [RedisArgument] = [.string(Self.botUserKey), "id", .string(ready.user.id.rawValue)]
+        if let application = ready.application { arguments += ["application_id", .string(application.id.rawValue)] }
+        try await self.redis.send(RedisCommand("HSET", arguments))
+    }
+
+    static func nowMilliseconds() -> Int { Int(Date().timeIntervalSince1970 * 1000) }
+}

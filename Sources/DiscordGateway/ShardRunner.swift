@@ -1,0 +1,287 @@
+import DiscordProtocol
+import Foundation
+import Logging
+import NIOCore
+import NIOWebSocket
+import Synchronization
+import WSClient
+
+/// One shard: connects, identifies or resumes, heartbeats, hands dispatches to the ``EventPump``, and reconnects
+/// until stopped or a fatal close code. The protocol decisions are ``GatewayStateMachine``'s; this type only
+/// carries them out over a WebSocket.
+final class ShardRunner: Sendable {
+    /// Where and how the shard connects (shared by the shards of a process).
+    struct Settings: Sendable {
+        var token: String
+        var intents: GatewayIntents
+        /// The discovery URL (`wss://gateway.discord.gg`), used for identifies.
+        var gatewayURL: String
+        var compress: Bool
+        var maxConcurrency: Int
+        var identifyInterval: Duration
+        var maxMessageSize: Int
+        var reconnectBackoffCap: Duration
+        var name: String
+        /// Unique per process: the owner of identify slots.
+        var owner: String
+    }
+
+    /// What a shard has done, for logs, tests and metrics.
+    struct Statistics: Sendable, Hashable {
+        var connects = 0
+        var identifies = 0
+        var resumes = 0
+        var dispatches = 0
+        var skippedFrames = 0
+        var zombies = 0
+        var ready = false
+    }
+
+    let shard: ShardID
+    private let settings: Settings
+    private let machine: Mutex<GatewayStateMachine>
+    private let pump: EventPump
+    private let store: GatewayStore
+    private let logger: Logger
+    private let budget = Mutex(SendBudget())
+    private let outbound = Mutex<WebSocketOutboundWriter?>(nil)
+    private let stopping = Atomic<Bool>(false)
+    private let counters = Mutex(Statistics())
+
+    init(shard: ShardID, session: GatewaySession?, settings: Settings, pump: EventPump, store: GatewayStore,
+         logger: Logger) {
+        self.shard = shard
+        self.settings = settings
+        self.machine = Mutex(GatewayStateMachine(shard: shard, restoring: session))
+        self.pump = pump
+        self.store = store
+        var logger = logger
+        logger[metadataKey: "shard"] = "\(shard)"
+        self.logger = logger
+    }
+
+    var statistics: Statistics { self.counters.withLock { $0 } }
+
+    /// Runs until ``stop()`` or a fatal close code; a fatal code is thrown as ``GatewayShardError``.
+    func run() async throws {
+        var failures = 0
+        while !self.stopping.load(ordering: .relaxed) {
+            let (resume, url) = self.machine.withLock { ($0.session != nil, $0.connectURL) }
+            if !resume {
+                let bucket = self.shard.bucket(maxConcurrency: self.settings.maxConcurrency)
+                let acquired: Bool
+                do {
+                    acquired = try await self.store.acquireIdentifySlot(
+                        maxConcurrency: self.settings.maxConcurrency, bucket: bucket,
+                        interval: self.settings.identifyInterval, owner: self.settings.owner,
+                        stop: { [stopping = self] in stopping.stopping.load(ordering: .relaxed) }
+                    )
+                } catch {
+                    self.logger.warning("cannot take an identify slot; Redis unreachable", metadata: ["error": "\(error)"])
+                    await self.pause(Self.backoff(failures + 1, cap: self.settings.reconnectBackoffCap))
+                    failures += 1
+                    continue
+                }
+                guard acquired else { break }
+            }
+            let closeCode = await self.connectOnce(url: url ?? self.settings.gatewayURL)
+            let reachedReady = self.counters.withLock { state in
+                defer { state.ready = false }
+                return state.ready
+            }
+            failures = reachedReady ? 0 : failures + 1
+            let step = self.machine.withLock { $0.closed(code: closeCode) }
+            switch step {
+            case .stop(let reason):
+                if self.stopping.load(ordering: .relaxed) { return }
+                self.logger.error("shard stopped", metadata: ["reason": "\(reason)"])
+                throw GatewayShardError(shard: self.shard, reason: reason)
+            case .reconnect(let resume, _, let delay):
+                let wait = failures <= 1 ? delay : max(delay, Self.backoff(failures, cap: self.settings.reconnectBackoffCap))
+                self.logger.info(
+                    "reconnecting",
+                    metadata: ["resume": "\(resume)", "close_code": "\(closeCode.map(String.init) ?? "none")",
+                               "delay_ms": "\(wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000)"]
+                )
+                await self.pause(wait)
+            }
+        }
+    }
+
+    /// Asks the shard to stop: it closes its connection with a resumable code (the session stays in Redis for
+    /// whoever runs this shard next) and ``run()`` returns.
+    func stop() async {
+        self.stopping.store(true, ordering: .relaxed)
+        let actions = self.machine.withLock { $0.shutdown() }
+        if let outbound = self.outbound.withLock({ $0 }) {
+            _ = await self.perform(actions, outbound: outbound)
+        }
+    }
+
+    // MARK: - One connection
+
+    /// Connects, runs the connection to its end, and returns the server's close code (nil for a drop).
+    private func connectOnce(url: String) async -> Int? {
+        var fullURL = url.hasSuffix("/") ? String(url.dropLast()) : url
+        fullURL += "/?v=10&encoding=json"
+        if self.settings.compress { fullURL += "&compress=zlib-stream" }
+        self.counters.withLock { $0.connects += 1 }
+        let configuration = WebSocketClientConfiguration(
+            maxFrameSize: self.settings.maxMessageSize, closeTimeout: .seconds(2)
+        )
+        do {
+            let closeFrame = try await WebSocketClient.connect(url: fullURL, configuration: configuration, logger: self.logger) {
+                inbound, outbound, _ in
+                try await self.handle(inbound: inbound, outbound: outbound)
+            }
+            return closeFrame.map { Int(UInt16(webSocketErrorCode: $0.closeCode)) }
+        } catch {
+            self.logger.warning("connection failed", metadata: ["url": "\(url)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func handle(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
+        self.outbound.withLock { $0 = outbound }
+        defer { self.outbound.withLock { $0 = nil } }
+        self.machine.withLock { $0.connected() }
+        if self.stopping.load(ordering: .relaxed) {
+            try await outbound.close(.unknown(UInt16(GatewayClientCloseCode.resumable)), reason: "shutting down")
+            return
+        }
+        var inflater = self.settings.compress ? try ZlibStreamInflater(maxOutput: self.settings.maxMessageSize) : nil
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            defer { group.cancelAll() }
+            for try await message in inbound.messages(maxSize: self.settings.maxMessageSize) {
+                let bytes: Data
+                switch message {
+                case .text(let text):
+                    bytes = Data(text.utf8)
+                case .binary(let buffer):
+                    if inflater != nil {
+                        do {
+                            guard let inflated = try inflater!.feed(buffer) else { continue }
+                            bytes = Data(inflated.readableBytesView)
+                        } catch {
+                            // The inflate context is broken: nothing after this can be read. Resume afresh.
+                            self.logger.warning("zlib-stream payload cannot be inflated; resuming", metadata: ["error": "\(error)"])
+                            inflater = nil
+                            let actions = self.machine.withLock { $0.closeToResume(reason: "inflate error") }
+                            _ = await self.perform(actions, outbound: outbound)
+                            continue
+                        }
+                    } else {
+                        bytes = Data(buffer.readableBytesView)
+                    }
+                }
+                let frame: GatewayFrame
+                do {
+                    frame = try GatewayFrame.decode(bytes)
+                } catch {
+                    self.counters.withLock { $0.skippedFrames += 1 }
+                    self.logger.warning(
+                        "skipping a payload that cannot be decoded",
+                        metadata: ["bytes": "\(bytes.count)", "error": "\(error)",
+                                   "start": "\(String(decoding: bytes.prefix(120), as: UTF8.self))"]
+                    )
+                    continue
+                }
+                let actions = self.machine.withLock { $0.received(frame) }
+                if let interval = await self.perform(actions, outbound: outbound) {
+                    group.addTask { try await self.heartbeat(every: interval, outbound: outbound) }
+                }
+            }
+        }
+    }
+
+    private func heartbeat(every interval: Duration, outbound: WebSocketOutboundWriter) async throws {
+        try await Task.sleep(for: interval * Double.random(in: 0..<1))
+        while true {
+            let actions = self.machine.withLock { $0.heartbeatDue() }
+            _ = await self.perform(actions, outbound: outbound)
+            try await Task.sleep(for: interval)
+        }
+    }
+
+    /// Carries out actions; returns the heartbeat interval when heartbeating is to start.
+    private func perform(_ actions: [GatewayStateMachine.Action], outbound: WebSocketOutboundWriter) async -> Duration? {
+        var heartbeat: Duration?
+        for action in actions {
+            switch action {
+            case .startHeartbeating(let interval):
+                heartbeat = interval
+            case .identify:
+                self.counters.withLock { $0.identifies += 1 }
+                await self.send(
+                    .identify(token: self.settings.token, intents: self.settings.intents, shard: self.shard,
+                              name: self.settings.name),
+                    outbound: outbound
+                )
+                let left: Int?? = try? await self.store.countIdentify()
+                let leftText = left.flatMap { $0 }.map(String.init) ?? "unknown"
+                self.logger.info("identified", metadata: ["identifies_left": "\(leftText)"])
+            case .resume(let sessionID, let sequence):
+                self.counters.withLock { $0.resumes += 1 }
+                await self.send(.resume(token: self.settings.token, sessionID: sessionID, sequence: sequence), outbound: outbound)
+                self.logger.info("resuming", metadata: ["seq": "\(sequence)"])
+            case .sendHeartbeat(let sequence):
+                await self.send(.heartbeat(sequence: sequence), outbound: outbound)
+            case .sessionStarted(let ready):
+                self.counters.withLock { $0.ready = true }
+                self.logger.info("ready", metadata: ["bot_user": "\(ready.user.id)"])
+                do { try await self.store.saveBotUser(ready) } catch {
+                    self.logger.warning("cannot record the bot user", metadata: ["error": "\(error)"])
+                }
+            case .resumed:
+                self.counters.withLock { $0.ready = true }
+                self.logger.info("resumed")
+            case .dispatch(let frame):
+                self.counters.withLock { $0.dispatches += 1 }
+                let checkpoint = self.machine.withLock { $0.checkpoint }
+                self.pump.submit(shard: self.shard.id, event: frame.chainEvent(shard: self.shard.id), checkpoint: checkpoint)
+            case .close(let code, let reason):
+                if reason.hasPrefix("zombie") { self.counters.withLock { $0.zombies += 1 } }
+                self.logger.info("closing the connection", metadata: ["code": "\(code)", "reason": "\(reason)"])
+                try? await outbound.close(.unknown(UInt16(code)), reason: reason)
+            }
+        }
+        return heartbeat
+    }
+
+    /// Sends one payload inside the send budget.
+    private func send(_ command: GatewayCommand, outbound: WebSocketOutboundWriter) async {
+        while true {
+            let wait = self.budget.withLock { $0.reserve(at: .now) }
+            if wait == .zero { break }
+            self.logger.debug("send budget exhausted; waiting", metadata: ["wait": "\(wait)"])
+            try? await Task.sleep(for: wait)
+        }
+        do {
+            try await outbound.write(.text(command.json))
+        } catch {
+            self.logger.debug("send failed; the connection is closing", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Sleeps, waking early when the shard is stopped.
+    private func pause(_ duration: Duration) async {
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: duration)
+        while !self.stopping.load(ordering: .relaxed), clock.now < end {
+            try? await Task.sleep(for: min(.milliseconds(100), end - clock.now))
+        }
+    }
+
+    /// Capped exponential backoff with full jitter.
+    static func backoff(_ failures: Int, cap: Duration) -> Duration {
+        let ceiling = min(cap, .milliseconds(250) * (1 << min(failures, 10)))
+        return ceiling * Double.random(in: 0.5...1)
+    }
+}
+
+/// A shard stopped for a reason retrying cannot fix (a fatal close code).
+public struct GatewayShardError: Error, Sendable, CustomStringConvertible {
+    public var shard: ShardID
+    public var reason: String
+    public var description: String { "shard \(self.shard) stopped: \(self.reason)" }
+}

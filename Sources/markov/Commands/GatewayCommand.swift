@@ -1,0 +1,76 @@
+import ArgumentParser
+import DiscordGateway
+import DiscordProtocol
+import DiscordREST
+import Foundation
+import ServiceLifecycle
+import UnixSignals
+
+/// `markov gateway`: holds Discord gateway shards and feeds the event streams.
+struct Gateway: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Hold Discord gateway shards and feed the event streams (stateless: sessions live in Redis).",
+        discussion: """
+            Shards come from --shards (default: all), or from the StatefulSet pod ordinal with --shards-per-pod. \
+            The shard count is --shard-count, or Discord's recommendation from GET /gateway/bot (auto).
+            """
+    )
+
+    @OptionGroup var options: GlobalOptions
+
+    @Option(help: "Shards this process holds: 0-3, 5 or 0,2,4-6 (default: all of them).") var shards: String?
+    @Option(help: "Total number of shards, or auto for Discord's recommendation.") var shardCount = "auto"
+    @Option(help: "Shards per StatefulSet pod: pod N (hostname ending in -N) holds N×K ..< (N+1)×K.")
+    var shardsPerPod: Int?
+    @Option(help: "Gateway intents bit set (default GUILDS | GUILD_MESSAGES | MESSAGE_CONTENT).")
+    var intents = GatewayIntents.default.rawValue
+    @Flag(help: "Ask for zlib-stream transport compression.") var compress = false
+    @Option(help: ArgumentHelp("Milliseconds between identifies of one bucket (Discord: 5000).", visibility: .hidden))
+    var identifyIntervalMs = 5000
+    @Option(help: ArgumentHelp("Identify concurrency when discovery is skipped.", visibility: .hidden))
+    var maxConcurrency = 1
+
+    func run() async throws {
+        LoggingSetup.once
+        let context = try await RoleContext(options: self.options, label: "markov.gateway")
+        guard let token = context.configuration.discordToken, !token.isEmpty else {
+            throw ValidationError("DISCORD_TOKEN is not set: the gateway needs the bot token")
+        }
+        var configuration = GatewayService.Configuration(token: token, owner: RoleContext.consumerName(role: "gateway"))
+        configuration.rest = DiscordRESTClient(apiURL: context.configuration.discordAPIURL, token: token, logger: context.logger)
+        configuration.gatewayURL = context.configuration.discordGatewayURL
+        if self.shardCount != "auto" {
+            guard let count = Int(self.shardCount), count > 0 else {
+                throw ValidationError("--shard-count must be a positive number or auto, not \(self.shardCount)")
+            }
+            configuration.shardCount = count
+        }
+        do {
+            if let perPod = self.shardsPerPod {
+                guard self.shards == nil else { throw ValidationError("give --shards or --shards-per-pod, not both") }
+                configuration.shards = try ShardSelection.forPod(hostname: ProcessInfo.processInfo.hostName, perPod: perPod)
+            } else if let shards = self.shards {
+                configuration.shards = try ShardSelection.parse(shards)
+            }
+        } catch let error as ShardSelectionError {
+            throw ValidationError(error.description)
+        }
+        configuration.intents = GatewayIntents(rawValue: self.intents)
+        configuration.compress = self.compress
+        configuration.identifyInterval = .milliseconds(self.identifyIntervalMs)
+        configuration.maxConcurrency = self.maxConcurrency
+        let gateway = GatewayService(configuration: configuration, log: context.log, logger: context.logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: RedisClientService(client: context.redis)),
+                    .init(service: gateway, successTerminationBehavior: .gracefullyShutdownGroup,
+                          failureTerminationBehavior: .gracefullyShutdownGroup),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: context.logger
+            )
+        )
+        try await group.run()
+    }
+}
