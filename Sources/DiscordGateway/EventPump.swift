@@ -35,6 +35,8 @@ final class EventPump: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Shards with events the pump gave up on: their checkpoints must never pass those events again.
+    private let abandoned = Mutex<Set<Int>>([])
     private let counters = Mutex(Statistics())
     private let log: EventLog
     private let store: GatewayStore
@@ -137,6 +139,7 @@ final class EventPump: Sendable {
                         "giving up on events at shutdown; their sessions were not checkpointed past them, so a resume replays them",
                         metadata: ["events": "\(pending.count)", "error": "\(lastError)"]
                     )
+                    self.abandoned.withLock { $0.formUnion(batch.map(\.shard)) }
                     return
                 }
             }
@@ -149,6 +152,7 @@ final class EventPump: Sendable {
         // Every event of the batch is in the log: checkpoint each shard at its last dispatch of the batch.
         var checkpoints: [Int: GatewaySession] = [:]
         for item in batch { if let checkpoint = item.checkpoint { checkpoints[item.shard] = checkpoint } }
+        for shard in self.abandoned.withLock({ $0 }) { checkpoints.removeValue(forKey: shard) }
         let commands = checkpoints.sorted { $0.key < $1.key }.map { GatewayStore.saveCommand(shard: $0.key, session: $0.value) }
         if !commands.isEmpty {
             for result in await self.store.redis.pipeline(commands) {

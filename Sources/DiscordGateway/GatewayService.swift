@@ -53,6 +53,8 @@ public final class GatewayService: Service, Sendable {
         public var zombies = 0
         public var appended = 0
         public var backlog = 0
+        /// Shards stopped by a fatal close code, with the reason.
+        public var stopped: [Int: String] = [:]
     }
 
     private let configuration: Configuration
@@ -60,6 +62,7 @@ public final class GatewayService: Service, Sendable {
     private let store: GatewayStore
     private let logger: Logger
     private let runners = Mutex<[ShardRunner]>([])
+    private let fatalErrors = Mutex<[GatewayShardError]>([])
     private let pump: EventPump
 
     public init(configuration: Configuration, log: EventLog, logger: Logger) {
@@ -81,6 +84,7 @@ public final class GatewayService: Service, Sendable {
             statistics.skippedFrames += shard.skippedFrames
             statistics.zombies += shard.zombies
         }
+        for error in self.fatalErrors.withLock({ $0 }) { statistics.stopped[error.shard.id] = error.reason }
         statistics.appended = self.pump.statistics.appended
         statistics.backlog = self.pump.backlog
         return statistics
@@ -125,9 +129,11 @@ public final class GatewayService: Service, Sendable {
                         shards.addTask {
                             do {
                                 try await runner.run()
-                            } catch {
+                            } catch let error as GatewayShardError {
                                 // One shard's fatal error does not take the others down.
-                                self.logger.error("\(error)")
+                                self.fatalErrors.withLock { $0.append(error) }
+                            } catch {
+                                self.logger.error("shard failed", metadata: ["shard": "\(runner.shard)", "error": "\(error)"])
                             }
                         }
                     }
@@ -135,9 +141,16 @@ public final class GatewayService: Service, Sendable {
                 self.pump.finish()
             }
         } onGracefulShutdown: {
-            Task { for runner in shardRunners { await runner.stop() } }
+            Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for runner in shardRunners { group.addTask { await runner.stop() } }
+                }
+            }
         }
         self.logger.info("gateway stopped", metadata: ["events_appended": "\(self.pump.statistics.appended)"])
+        // When no shard is left for a fatal reason, the process fails with it (a bad token, a missing intent).
+        let fatal = self.fatalErrors.withLock { $0 }
+        if let first = fatal.first, fatal.count == shardRunners.count { throw first }
     }
 
     private struct Plan {

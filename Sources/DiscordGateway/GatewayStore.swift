@@ -74,6 +74,15 @@ public struct GatewayStore: Sendable {
         return false
     }
 
+    /// Restarts a bucket's interval at the moment of an identify (the slot was taken before connecting).
+    public func markIdentify(maxConcurrency: Int, bucket: Int, interval: Duration, owner: String) async throws(RedisError) {
+        let milliseconds = Int(interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
+        try await self.redis.send(
+            RedisCommand("SET", .string(Self.identifyKey(maxConcurrency: maxConcurrency, bucket: bucket)), .string(owner),
+                         "PX", .integer(milliseconds))
+        )
+    }
+
     /// Records the identify limits from discovery.
     public func saveLimits(_ limits: GatewayBot.SessionStartLimit) async throws(RedisError) {
         let now = Self.nowMilliseconds()

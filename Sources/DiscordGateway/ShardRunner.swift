@@ -45,6 +45,8 @@ final class ShardRunner: Sendable {
     private let logger: Logger
     private let budget = Mutex(SendBudget())
     private let outbound = Mutex<WebSocketOutboundWriter?>(nil)
+    /// The task running the current connection, cancelled when a close does not complete in time.
+    private let connection = Mutex<Task<WebSocketCloseFrame?, any Error>?>(nil)
     private let stopping = Atomic<Bool>(false)
     private let counters = Mutex(Statistics())
 
@@ -65,7 +67,7 @@ final class ShardRunner: Sendable {
     /// Runs until ``stop()`` or a fatal close code; a fatal code is thrown as ``GatewayShardError``.
     func run() async throws {
         var failures = 0
-        while !self.stopping.load(ordering: .relaxed) {
+        while !self.isStopping {
             let (resume, url) = self.machine.withLock { ($0.session != nil, $0.connectURL) }
             if !resume {
                 let bucket = self.shard.bucket(maxConcurrency: self.settings.maxConcurrency)
@@ -74,7 +76,7 @@ final class ShardRunner: Sendable {
                     acquired = try await self.store.acquireIdentifySlot(
                         maxConcurrency: self.settings.maxConcurrency, bucket: bucket,
                         interval: self.settings.identifyInterval, owner: self.settings.owner,
-                        stop: { [stopping = self] in stopping.stopping.load(ordering: .relaxed) }
+                        stop: { self.isStopping }
                     )
                 } catch {
                     self.logger.warning("cannot take an identify slot; Redis unreachable", metadata: ["error": "\(error)"])
@@ -93,7 +95,7 @@ final class ShardRunner: Sendable {
             let step = self.machine.withLock { $0.closed(code: closeCode) }
             switch step {
             case .stop(let reason):
-                if self.stopping.load(ordering: .relaxed) { return }
+                if self.isStopping { return }
                 self.logger.error("shard stopped", metadata: ["reason": "\(reason)"])
                 throw GatewayShardError(shard: self.shard, reason: reason)
             case .reconnect(let resume, _, let delay):
@@ -107,6 +109,9 @@ final class ShardRunner: Sendable {
             }
         }
     }
+
+    /// Stopping: asked to, or the task was cancelled.
+    private var isStopping: Bool { self.stopping.load(ordering: .relaxed) || Task.isCancelled }
 
     /// Asks the shard to stop: it closes its connection with a resumable code (the session stays in Redis for
     /// whoever runs this shard next) and ``run()`` returns.
@@ -129,14 +134,26 @@ final class ShardRunner: Sendable {
         let configuration = WebSocketClientConfiguration(
             maxFrameSize: self.settings.maxMessageSize, closeTimeout: .seconds(2)
         )
-        do {
-            let closeFrame = try await WebSocketClient.connect(url: fullURL, configuration: configuration, logger: self.logger) {
-                inbound, outbound, _ in
+        // The connection runs in a task of its own, outside the service's graceful-shutdown scope: the WebSocket
+        // library would otherwise close with 1000 on shutdown, which ends the Discord session. Shutdown goes
+        // through ``stop()`` (a resumable close) instead; cancellation is passed on.
+        let logger = self.logger
+        let task = Task.detached {
+            try await WebSocketClient.connect(url: fullURL, configuration: configuration, logger: logger) { inbound, outbound, _ in
                 try await self.handle(inbound: inbound, outbound: outbound)
+            }
+        }
+        self.connection.withLock { $0 = task }
+        defer { self.connection.withLock { $0 = nil } }
+        do {
+            let closeFrame = try await withTaskCancellationHandler {
+                try await task.value
+            } onCancel: {
+                task.cancel()
             }
             return closeFrame.map { Int(UInt16(webSocketErrorCode: $0.closeCode)) }
         } catch {
-            self.logger.warning("connection failed", metadata: ["url": "\(url)", "error": "\(error)"])
+            self.logger.warning("connection ended", metadata: ["url": "\(url)", "error": "\(error)"])
             return nil
         }
     }
@@ -162,6 +179,10 @@ final class ShardRunner: Sendable {
                         do {
                             guard let inflated = try inflater!.feed(buffer) else { continue }
                             bytes = Data(inflated.readableBytesView)
+                        } catch let error as ZlibStreamInflater.Oversized {
+                            self.counters.withLock { $0.skippedFrames += 1 }
+                            self.logger.warning("skipping an oversized payload", metadata: ["error": "\(error)"])
+                            continue
                         } catch {
                             // The inflate context is broken: nothing after this can be read. Resume afresh.
                             self.logger.warning("zlib-stream payload cannot be inflated; resuming", metadata: ["error": "\(error)"])
@@ -212,6 +233,12 @@ final class ShardRunner: Sendable {
                 heartbeat = interval
             case .identify:
                 self.counters.withLock { $0.identifies += 1 }
+                // The slot was taken before connecting; restart its interval now, at the real identify.
+                try? await self.store.markIdentify(
+                    maxConcurrency: self.settings.maxConcurrency,
+                    bucket: self.shard.bucket(maxConcurrency: self.settings.maxConcurrency),
+                    interval: self.settings.identifyInterval, owner: self.settings.owner
+                )
                 await self.send(
                     .identify(token: self.settings.token, intents: self.settings.intents, shard: self.shard,
                               name: self.settings.name),
@@ -243,6 +270,14 @@ final class ShardRunner: Sendable {
                 if reason.hasPrefix("zombie") { self.counters.withLock { $0.zombies += 1 } }
                 self.logger.info("closing the connection", metadata: ["code": "\(code)", "reason": "\(reason)"])
                 try? await outbound.close(.unknown(UInt16(code)), reason: reason)
+                // A server that never answers the close (a zombie, say) must not hold the shard: the connection
+                // is cut after a grace period.
+                if let task = self.connection.withLock({ $0 }) {
+                    Task {
+                        try? await Task.sleep(for: .seconds(2))
+                        task.cancel()
+                    }
+                }
             }
         }
         return heartbeat

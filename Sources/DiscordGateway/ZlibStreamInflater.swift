@@ -25,6 +25,7 @@ struct ZlibStreamInflater {
               self.pending.getBytes(at: self.pending.writerIndex - 4, length: 4) == [0x00, 0x00, 0xFF, 0xFF]
         else { return nil }
         self.output.clear()
+        var oversized = false
         while true {
             // Room for a generous ratio, doubling when inflate runs out of it.
             self.output.reserveCapacity(
@@ -34,23 +35,28 @@ struct ZlibStreamInflater {
                 try self.decompressor.inflate(from: &self.pending, to: &self.output)
                 break
             } catch let error as CompressNIOError where error == .bufferOverflow {
-                // Out of room with input left: grow and go on (what was inflated so far is kept). Out of room with
-                // no input left cannot be resumed without input; refuse the payload.
-                guard self.pending.readableBytes > 0 else {
-                    throw InflateError(description: "inflate stopped with output pending")
-                }
+                // The output filled up; zlib may hold more even when every input byte is used: call again.
             } catch let error as CompressNIOError where error == .inputBufferOverflow {
-                break  // every input byte used
+                break  // every input byte used, nothing more to come out
             }
-            guard self.output.readableBytes <= self.maxOutput else {
-                throw InflateError(description: "inflated payload over \(self.maxOutput) bytes")
+            if self.output.readableBytes > self.maxOutput {
+                // Too large to hand on: keep inflating (the stream must stay in step) but throw the bytes away.
+                oversized = true
+                self.output.clear()
             }
+        }
+        if oversized || self.output.readableBytes > self.maxOutput {
+            self.pending.clear()
+            self.output.clear()
+            throw Oversized(limit: self.maxOutput)
         }
         self.pending.clear()
         return self.output
     }
 
-    struct InflateError: Error, CustomStringConvertible {
-        var description: String
+    /// A payload over ``maxOutput``: skipped, the stream stays usable.
+    struct Oversized: Error, CustomStringConvertible {
+        var limit: Int
+        var description: String { "inflated payload over \(self.limit) bytes" }
     }
 }

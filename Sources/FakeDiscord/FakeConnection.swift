@@ -103,43 +103,52 @@ final class FakeConnection: Sendable {
     }
 
     /// Sends one payload: a text frame, or with zlib-stream the next deflated chunk (sync flush) as binary.
+    /// Every send goes through the event loop's queue, compressed there, so the wire order (and the one zlib
+    /// stream) follows the order of the calls whichever thread makes them.
     func send(_ text: String, flush: Bool = true) {
-        self.state.withLockedValue { state in
-            guard !state.closing else { return }
-            var data = self.channel.allocator.buffer(capacity: text.utf8.count)
-            data.writeString(text)
-            let frame: WebSocketFrame
-            if let compressor = state.compressor {
-                var output = self.channel.allocator.buffer(capacity: compressor.maxSize(from: data) + 16)
-                do {
-                    try compressor.deflate(from: &data, to: &output, flush: .sync)
-                } catch {
-                    return
+        guard !self.state.withLockedValue({ $0.closing }) else { return }
+        self.channel.eventLoop.execute {
+            self.state.withLockedValue { state in
+                var data = self.channel.allocator.buffer(capacity: text.utf8.count)
+                data.writeString(text)
+                let frame: WebSocketFrame
+                if let compressor = state.compressor {
+                    var output = self.channel.allocator.buffer(capacity: compressor.maxSize(from: data) + 16)
+                    do {
+                        try compressor.deflate(from: &data, to: &output, flush: .sync)
+                    } catch {
+                        return
+                    }
+                    frame = WebSocketFrame(fin: true, opcode: .binary, data: output)
+                } else {
+                    frame = WebSocketFrame(fin: true, opcode: .text, data: data)
                 }
-                frame = WebSocketFrame(fin: true, opcode: .binary, data: output)
-            } else {
-                frame = WebSocketFrame(fin: true, opcode: .text, data: data)
-            }
-            if flush {
-                self.channel.writeAndFlush(frame, promise: nil)
-            } else {
-                self.channel.write(frame, promise: nil)
+                if flush {
+                    self.channel.writeAndFlush(frame, promise: nil)
+                } else {
+                    self.channel.write(frame, promise: nil)
+                }
             }
         }
     }
+
+    /// Whether the fake started closing this connection (the client's answering close code is then not its own).
+    var isClosing: Bool { self.state.withLockedValue { $0.closing } }
 
     /// Closes with a close code, as Discord does.
     func close(code: Int) {
         self.state.withLockedValue { state in
             guard !state.closing else { return }
             state.closing = true
-            var data = self.channel.allocator.buffer(capacity: 2)
-            data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: code))
-            let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
             let channel = self.channel
-            channel.writeAndFlush(frame).whenComplete { _ in
-                // Give the client a moment to answer, then drop the socket.
-                channel.eventLoop.scheduleTask(in: .milliseconds(200)) { channel.close(promise: nil) }
+            channel.eventLoop.execute {
+                var data = channel.allocator.buffer(capacity: 2)
+                data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: code))
+                let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
+                channel.writeAndFlush(frame).whenComplete { _ in
+                    // Give the client a moment to answer, then drop the socket.
+                    channel.eventLoop.scheduleTask(in: .milliseconds(200)) { channel.close(promise: nil) }
+                }
             }
         }
     }
@@ -178,6 +187,11 @@ final class GatewayConnectionHandler: ChannelInboundHandler, Sendable {
             let pong = WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)
             context.writeAndFlush(Self.wrapOutboundOut(pong), promise: nil)
         case .connectionClose:
+            // The client's answer to a close the fake started: nothing to echo, and not the client's own code.
+            if self.connection.isClosing {
+                context.close(promise: nil)
+                return
+            }
             var data = frame.unmaskedData
             let code = data.readWebSocketErrorCode().map { Int(UInt16(webSocketErrorCode: $0)) }
             self.clientCode.withLockedValue { $0 = code }

@@ -60,6 +60,8 @@ public final class FakeDiscord: Sendable {
 
     struct State {
         var sessions: [String: FakeSession] = [:]
+        /// The newest session of each shard: dispatches go there.
+        var currentSession: [Int: FakeSession] = [:]
         /// The live connection of each shard (after identify or resume).
         var connections: [Int: FakeConnection] = [:]
         var identifies: [IdentifyRecord] = []
@@ -70,6 +72,11 @@ public final class FakeDiscord: Sendable {
         var dropACKs: Set<Int> = []
         var httpRequests: [String] = []
         var closeCodes: [Int] = []
+
+        mutating func endSession(_ id: String) {
+            guard let session = self.sessions.removeValue(forKey: id) else { return }
+            if self.currentSession[session.shard] === session { self.currentSession.removeValue(forKey: session.shard) }
+        }
     }
 
     public init(configuration: Configuration = .init(), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -87,6 +94,7 @@ public final class FakeDiscord: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
+                let rest = RESTHandler(fake: self)
                 let upgrader = NIOWebSocketServerUpgrader(
                     maxFrameSize: 1 << 20,
                     automaticErrorHandling: false,
@@ -103,9 +111,13 @@ public final class FakeDiscord: Sendable {
                     }
                 )
                 return channel.pipeline.configureHTTPServerPipeline(
-                    withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in })
+                    withServerUpgrade: (
+                        upgraders: [upgrader],
+                        // After the upgrade the REST handler would see WebSocket bytes: remove it.
+                        completionHandler: { context in context.pipeline.removeHandler(rest, promise: nil) }
+                    )
                 ).flatMap {
-                    channel.pipeline.addHandler(RESTHandler(fake: self))
+                    channel.pipeline.addHandler(rest)
                 }
             }
             .bind(host: "127.0.0.1", port: port)
@@ -156,7 +168,7 @@ public final class FakeDiscord: Sendable {
     /// Sends a dispatch on a shard's session (buffered for replay; sent now when connected). Returns its seq.
     @discardableResult
     public func dispatch(shard: Int, event: String, json: String) throws -> Int {
-        guard let session = self.state.withLockedValue({ state in state.sessions.values.first { $0.shard == shard } }) else {
+        guard let session = self.state.withLockedValue({ $0.currentSession[shard] }) else {
             throw FakeDiscordError("no session on shard \(shard)")
         }
         return session.dispatch(event: event, json: json)
@@ -181,7 +193,7 @@ public final class FakeDiscord: Sendable {
     /// Sends op 9; a non-resumable one forgets the session.
     public func invalidateSession(shard: Int, resumable: Bool) {
         guard let connection = self.connection(shard) else { return }
-        if !resumable, let id = connection.sessionID { self.state.withLockedValue { _ = $0.sessions.removeValue(forKey: id) } }
+        if !resumable, let id = connection.sessionID { self.state.withLockedValue { $0.endSession(id) } }
         connection.send("{\"op\":9,\"d\":\(resumable)}")
     }
 
@@ -189,7 +201,7 @@ public final class FakeDiscord: Sendable {
     public func close(shard: Int, code: Int) {
         guard let connection = self.connection(shard) else { return }
         if [4003, 4007, 4009].contains(code), let id = connection.sessionID {
-            self.state.withLockedValue { _ = $0.sessions.removeValue(forKey: id) }
+            self.state.withLockedValue { $0.endSession(id) }
         }
         connection.close(code: code)
     }
@@ -269,7 +281,10 @@ public final class FakeDiscord: Sendable {
         guard accepted else { return connection.send("{\"op\":9,\"d\":false}") }
         let session = FakeSession(id: UUID().uuidString.lowercased(), shard: shard)
         self.state.withLockedValue { state in
+            // A new identify supersedes the shard's earlier session.
+            if let old = state.currentSession[shard] { state.sessions.removeValue(forKey: old.id) }
             state.sessions[session.id] = session
+            state.currentSession[shard] = session
             state.connections[shard] = connection
         }
         connection.attach(session: session, shard: shard)
@@ -308,7 +323,7 @@ public final class FakeDiscord: Sendable {
             }
             // Closing with 1000 or 1001 ends the session.
             if let code = clientCode, code == 1000 || code == 1001, let id = connection.sessionID {
-                state.sessions.removeValue(forKey: id)
+                state.endSession(id)
             }
         }
         connection.session?.detach(connection)

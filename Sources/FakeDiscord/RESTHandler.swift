@@ -4,7 +4,7 @@ import NIOCore
 import NIOHTTP1
 
 /// The fake's REST routes. Every request is recorded (method and path) for assertions.
-final class RESTHandler: ChannelInboundHandler, Sendable {
+final class RESTHandler: ChannelInboundHandler, RemovableChannelHandler, Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 

@@ -1,0 +1,249 @@
+import DiscordGateway
+import DiscordProtocol
+import FakeDiscord
+import Foundation
+import MarkovChains
+import MarkovCore
+import Redis
+import Testing
+
+extension GatewayIntegrationTests {
+    /// The gateway against the fake over real sockets, with a real Redis.
+    @Suite("Gateway against the fake") struct GatewayTests {
+        static let messageBase: UInt64 = 1_200_000_000_000_000_000
+
+        /// Sends `count` MESSAGE_CREATEs on a shard; returns their ids.
+        func flood(_ fake: FakeDiscord, shard: Int, shardCount: Int, from start: Int, count: Int, content: String = "hello there world")
+            throws -> [String]
+        {
+            let guild = GatewayHarness.guild(onShard: shard, of: shardCount)
+            var ids: [String] = []
+            for index in start..<(start + count) {
+                let id = Self.messageBase + UInt64(shard) * 10_000_000 + UInt64(index)
+                try fake.dispatch(
+                    shard: shard, event: "MESSAGE_CREATE",
+                    json: FakeDiscord.messageJSON(id: id, channel: 7, guild: guild, author: 9, content: content)
+                )
+                ids.append(String(id))
+            }
+            return ids
+        }
+
+        @Test("identify, READY, dispatches onto the streams, the session checkpointed in Redis")
+        func identifyAndForward() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake(shards: 2)
+            let gateway = harness.gateway(fake)
+            try await fake.waitForShards(0..<2)
+            var expected = Set<String>()
+            for shard in 0..<2 { expected.formUnion(try self.flood(fake, shard: shard, shardCount: 2, from: 0, count: 200)) }
+            // Events nobody needs are dropped at the gateway, but their sequence numbers still count.
+            try fake.dispatch(shard: 0, event: "TYPING_START", json: #"{"channel_id":"7"}"#)
+            let entries = try await harness.waitForEntries(400)
+            #expect(Set(entries.compactMap(\.messageID)) == expected)
+            #expect(entries.allSatisfy { $0.kind == .create && $0.source == .gateway && $0.origin != nil })
+            // Each guild's events sit in that guild's partition.
+            for entry in entries {
+                let reply = try await harness.redis.send(
+                    RedisCommand("XLEN", .string(harness.log.keys.stream(for: entry.guildID)))
+                )
+                #expect((reply.int ?? 0) >= 200)
+            }
+            try await GatewayHarness.eventually("checkpoints") {
+                let zero = try await harness.store.session(shard: 0)
+                let one = try await harness.store.session(shard: 1)
+                // READY is 1, then 200 messages (and the typing event on shard 0).
+                return zero?.sequence == 202 && one?.sequence == 201
+            }
+            let session = try #require(try await harness.store.session(shard: 0))
+            #expect(session.resumeURL.hasSuffix("/resume"))
+            #expect(session.shardCount == 2)
+            let bot = try await harness.redis.send(RedisCommand("HGET", .string(GatewayStore.botUserKey), "id"))
+            #expect(bot.string == fake.configuration.botUserID)
+            #expect(fake.identifies.count == 2)
+            #expect(fake.violations.isEmpty)
+            #expect(fake.httpRequests.contains("GET /api/v10/gateway/bot"))
+            let remaining = try await harness.redis.send(RedisCommand("HGET", .string(GatewayStore.limitsKey), "remaining"))
+            #expect(Int(remaining.string ?? "") == fake.configuration.identifiesRemaining - 2)
+            #expect(await gateway.stop() == nil)
+            // Shutdown closes with a resumable code: the session stays.
+            #expect(fake.clientCloseCodes.allSatisfy { $0 != 1000 && $0 != 1001 })
+            #expect(try await harness.store.session(shard: 0) != nil)
+            await fake.stop()
+        }
+
+        @Test("op 7, op 9, drops, resumable close codes, zombies and bad frames: resumed, nothing lost")
+        func faultsResume() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let gateway = harness.gateway(fake)
+            try await fake.waitForShards([0])
+            var expected = Set<String>()
+            var next = 0
+            func burst() throws {
+                expected.formUnion(try self.flood(fake, shard: 0, shardCount: 1, from: next, count: 50))
+                next += 50
+            }
+            let faults: [(String, () -> Void)] = [
+                ("op 7", { fake.reconnect(shard: 0) }),
+                ("op 9 resumable", { fake.invalidateSession(shard: 0, resumable: true) }),
+                ("TCP drop", { fake.dropConnection(shard: 0) }),
+                ("close 4000", { fake.close(shard: 0, code: 4000) }),
+                ("close 4008", { fake.close(shard: 0, code: 4008) }),
+                ("malformed JSON", { fake.sendRaw(shard: 0, #"{"op":0,"s":"#) }),
+                ("unknown opcode", { fake.sendRaw(shard: 0, #"{"op":99,"d":null}"#) }),
+                ("zombie", { fake.dropHeartbeatACKs(shard: 0, true) }),
+            ]
+            for (name, fault) in faults {
+                let resumesBefore = fake.resumeCount
+                try burst()
+                fault()
+                // Dispatches while the connection is going away are replayed on resume.
+                try burst()
+                if name == "zombie" {
+                    try await GatewayHarness.eventually("the zombie to be detected") { fake.resumeCount > resumesBefore }
+                    fake.dropHeartbeatACKs(shard: 0, false)
+                } else if !name.contains("JSON"), !name.contains("opcode") {
+                    try await GatewayHarness.eventually("a resume after \(name)") { fake.resumeCount > resumesBefore }
+                }
+                try await fake.waitForShards([0])
+            }
+            try burst()
+            let entries = try await harness.waitForEntries(expected.count)
+            let ids = entries.compactMap(\.messageID)
+            #expect(Set(ids) == expected, "lost: \(expected.subtracting(ids).count)")
+            // One identify in all: every fault above is resumable.
+            #expect(fake.identifies.count == 1)
+            #expect(gateway.service.statistics.skippedFrames >= 1)
+            #expect(gateway.service.statistics.zombies >= 1)
+            #expect(await gateway.stop() == nil)
+            await fake.stop()
+        }
+
+        @Test("op 9 not resumable and session-ending close codes identify afresh at the discovery URL")
+        func reidentify() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let gateway = harness.gateway(fake)
+            try await fake.waitForShards([0])
+            fake.invalidateSession(shard: 0, resumable: false)
+            try await GatewayHarness.eventually("a second identify") { fake.identifies.count == 2 }
+            try await fake.waitForShards([0])
+            fake.close(shard: 0, code: 4009)
+            try await GatewayHarness.eventually("a third identify") { fake.identifies.count == 3 }
+            try await fake.waitForShards([0])
+            let ids = try self.flood(fake, shard: 0, shardCount: 1, from: 0, count: 20)
+            let entries = try await harness.waitForEntries(20)
+            #expect(Set(entries.compactMap(\.messageID)) == Set(ids))
+            #expect(fake.violations.isEmpty, "identifies kept their spacing")
+            #expect(await gateway.stop() == nil)
+            await fake.stop()
+        }
+
+        @Test("a restarted gateway resumes the stored session instead of identifying; nothing sent meanwhile is lost")
+        func restartResumes() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake(shards: 2)
+            var expected = Set<String>()
+            let first = harness.gateway(fake)
+            try await fake.waitForShards(0..<2)
+            expected.formUnion(try self.flood(fake, shard: 0, shardCount: 2, from: 0, count: 100))
+            _ = try await harness.waitForEntries(100)
+            #expect(await first.stop() == nil)
+            // While no gateway runs, Discord keeps the session's dispatches for a resume.
+            expected.formUnion(try self.flood(fake, shard: 0, shardCount: 2, from: 100, count: 100))
+            expected.formUnion(try self.flood(fake, shard: 1, shardCount: 2, from: 0, count: 100))
+            let resumesBefore = fake.resumeCount
+            let second = harness.gateway(fake)
+            try await GatewayHarness.eventually("both shards to resume") { fake.resumeCount == resumesBefore + 2 }
+            let entries = try await harness.waitForEntries(expected.count)
+            #expect(Set(entries.compactMap(\.messageID)) == expected)
+            #expect(fake.identifies.count == 2, "no new identify")
+            #expect(await second.stop() == nil)
+            await fake.stop()
+        }
+
+        @Test("a stored session for another shard count is discarded")
+        func reshardDiscardsSessions() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake(shards: 1)
+            let first = harness.gateway(fake, shardCount: 1)
+            try await fake.waitForShards([0])
+            #expect(await first.stop() == nil)
+            let second = harness.gateway(fake, shardCount: 2)
+            try await fake.waitForShards(0..<2)
+            #expect(fake.identifies.count == 3)
+            #expect(fake.resumeCount == 0)
+            try await GatewayHarness.eventually("the new session's checkpoint") {
+                try await harness.store.session(shard: 0)?.shardCount == 2
+            }
+            #expect(await second.stop() == nil)
+            await fake.stop()
+        }
+
+        @Test("zlib-stream: compressed payloads, large and small, arrive intact")
+        func zlibStream() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let gateway = harness.gateway(fake, compress: true)
+            try await fake.waitForShards([0])
+            let big = String(repeating: "wörds {g:1} and more ", count: 5_000)
+            var ids = try self.flood(fake, shard: 0, shardCount: 1, from: 0, count: 100, content: "short one")
+            ids += try self.flood(fake, shard: 0, shardCount: 1, from: 100, count: 5, content: big)
+            ids += try self.flood(fake, shard: 0, shardCount: 1, from: 200, count: 100, content: "short \u{0} again\n")
+            fake.reconnect(shard: 0)
+            ids += try self.flood(fake, shard: 0, shardCount: 1, from: 300, count: 50)
+            let entries = try await harness.waitForEntries(ids.count)
+            #expect(Set(entries.compactMap(\.messageID)) == Set(ids))
+            #expect(entries.contains { $0.content == big })
+            #expect(entries.contains { $0.content == "short \u{0} again\n" })
+            #expect(gateway.service.statistics.skippedFrames == 0)
+            #expect(await gateway.stop() == nil)
+            await fake.stop()
+        }
+
+        @Test("fatal close codes stop the shard with an error naming the cause", arguments: [
+            ("bad token", "authentication failed"), ("no MESSAGE_CONTENT", "MESSAGE_CONTENT"),
+        ])
+        func fatalCloseCodes(case name: String, cause: String) async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake { configuration in
+                if name == "no MESSAGE_CONTENT" { configuration.messageContentAllowed = false }
+            }
+            // With a bad token discovery would fail first; skip it to reach the gateway's close code.
+            let gateway = harness.gateway(fake, shardCount: 1, token: name == "bad token" ? "wrong" : nil, discover: false)
+            let error = await gateway.task.value
+            let shardError = try #require(error as? GatewayShardError, "\(String(describing: error))")
+            #expect(shardError.reason.contains(cause))
+            #expect(fake.identifies.count <= 1)
+            _ = await gateway.stop()
+            await fake.stop()
+        }
+
+        @Test("identify slots hold across gateways: one per bucket per interval, none refused")
+        func identifyBuckets() async throws {
+            let harness = try await GatewayHarness()
+            let interval = Duration.milliseconds(400)
+            let fake = try await GatewayHarness.fake(shards: 4) { configuration in
+                configuration.identifyInterval = interval
+                configuration.maxConcurrency = 2
+            }
+            // Two gateways, as two processes, starting at once.
+            let one = harness.gateway(fake, shards: [0, 1], identifyInterval: interval)
+            let two = harness.gateway(fake, shards: [2, 3], identifyInterval: interval)
+            try await fake.waitForShards(0..<4)
+            let identifies = fake.identifies
+            #expect(identifies.count == 4)
+            #expect(identifies.allSatisfy { $0.accepted })
+            #expect(fake.violations.isEmpty)
+            for bucket in 0..<2 {
+                let times = identifies.filter { $0.bucket == bucket }.map(\.at).sorted()
+                #expect(times.count == 2)
+                if times.count == 2 { #expect(times[1] - times[0] >= interval) }
+            }
+            #expect(await one.stop() == nil)
+            #expect(await two.stop() == nil)
+            await fake.stop()
+        }
+    }
+}
