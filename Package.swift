@@ -159,6 +159,19 @@ let package = Package(
             path: "bench/ChainBench"
         ),
 
+        .executableTarget(
+            name: "GatewayBench",
+            dependencies: [
+                "FakeDiscord",
+                "Redis",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "bench/GatewayBench"
+        ),
+
         // MARK: Tests
 
         .testTarget(name: "MarkovCoreTests", dependencies: ["MarkovCore"]),

@@ -108,26 +108,23 @@ final class FakeConnection: Sendable {
     func send(_ text: String, flush: Bool = true) {
         guard !self.state.withLockedValue({ $0.closing }) else { return }
         self.channel.eventLoop.execute {
-            self.state.withLockedValue { state in
+            // The frame is made under the lock (the zlib stream is shared); the write happens outside it, since
+            // a failing write can close the channel and call back into this connection.
+            let frame = self.state.withLockedValue { state -> WebSocketFrame? in
                 var data = self.channel.allocator.buffer(capacity: text.utf8.count)
                 data.writeString(text)
-                let frame: WebSocketFrame
-                if let compressor = state.compressor {
-                    var output = self.channel.allocator.buffer(capacity: compressor.maxSize(from: data) + 16)
-                    do {
-                        try compressor.deflate(from: &data, to: &output, flush: .sync)
-                    } catch {
-                        return
-                    }
-                    frame = WebSocketFrame(fin: true, opcode: .binary, data: output)
-                } else {
-                    frame = WebSocketFrame(fin: true, opcode: .text, data: data)
+                guard let compressor = state.compressor else {
+                    return WebSocketFrame(fin: true, opcode: .text, data: data)
                 }
-                if flush {
-                    self.channel.writeAndFlush(frame, promise: nil)
-                } else {
-                    self.channel.write(frame, promise: nil)
-                }
+                var output = self.channel.allocator.buffer(capacity: compressor.maxSize(from: data) + 16)
+                guard (try? compressor.deflate(from: &data, to: &output, flush: .sync)) != nil else { return nil }
+                return WebSocketFrame(fin: true, opcode: .binary, data: output)
+            }
+            guard let frame else { return }
+            if flush {
+                self.channel.writeAndFlush(frame, promise: nil)
+            } else {
+                self.channel.write(frame, promise: nil)
             }
         }
     }

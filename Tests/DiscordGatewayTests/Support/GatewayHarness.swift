@@ -103,6 +103,20 @@ struct GatewayHarness {
         }
     }
 
+    /// Entries ever added to the streams (trimming does not lower it).
+    func entriesAdded() async throws -> Int {
+        var total = 0
+        for partition in 0..<Self.partitions {
+            let key = self.log.keys.stream(partition)
+            guard try await self.redis.send(RedisCommand("EXISTS", .string(key))).int == 1 else { continue }
+            let flat = try await self.redis.send(RedisCommand("XINFO", "STREAM", .string(key))).array ?? []
+            for index in stride(from: 0, to: flat.count - 1, by: 2) where flat[index].string == "entries-added" {
+                total += flat[index + 1].int ?? 0
+            }
+        }
+        return total
+    }
+
     /// Waits until `condition` holds.
     static func eventually(
         _ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool
