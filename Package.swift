@@ -183,6 +183,7 @@ let package = Package(
                 "markov",
                 "DiscordGateway",
                 "DiscordProtocol",
+                "DiscordREST",
                 "FakeDiscord",
                 "MarkovChains",
                 "MarkovCore",
@@ -191,6 +192,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "WSClient", package: "swift-websocket"),
             ]
         ),
         .testTarget(
