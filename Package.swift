@@ -76,6 +76,7 @@ let package = Package(
             dependencies: [
                 "CCurl",
                 "DiscordProtocol",
+                "Redis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -94,6 +95,18 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "WSClient", package: "swift-websocket"),
+            ]
+        ),
+        .target(
+            name: "DiscordResponder",
+            dependencies: [
+                "DiscordProtocol",
+                "DiscordREST",
+                "MarkovChains",
+                "MarkovCore",
+                "Redis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -122,6 +135,7 @@ let package = Package(
                 "DiscordGateway",
                 "DiscordProtocol",
                 "DiscordREST",
+                "DiscordResponder",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
@@ -184,6 +198,7 @@ let package = Package(
                 "DiscordGateway",
                 "DiscordProtocol",
                 "DiscordREST",
+                "DiscordResponder",
                 "FakeDiscord",
                 "MarkovChains",
                 "MarkovCore",

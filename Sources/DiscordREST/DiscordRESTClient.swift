@@ -1,6 +1,8 @@
 import DiscordProtocol
 import Foundation
 import Logging
+import Redis
+import Synchronization
 
 /// A failed Discord REST call, with Discord's own code and message when it sent them. The token never appears.
 public struct DiscordRESTError: Error, Sendable, CustomStringConvertible {
@@ -29,6 +31,12 @@ public struct DiscordRESTClient: Sendable {
     private let logger: Logger
     /// Tries per request for network errors and 5xx answers.
     public var attempts = 3
+    /// Rate limits shared through Redis; `nil` sends without them (discovery, one-off commands).
+    public var rateLimits: SharedRateLimits?
+    /// 429 answers retried per request before giving up.
+    public var rateLimitRetries = 5
+    /// Counts of answers by status, 429s and time waited on buckets.
+    public let counters = RESTCounters()
 
     public static let userAgent = "DiscordBot (https://github.com/markov-bot/markov, 0.1)"
 
@@ -39,13 +47,18 @@ public struct DiscordRESTClient: Sendable {
         self.logger = logger
     }
 
-    /// Sends a request; 2xx answers come back, everything else throws.
+    /// Sends a request; 2xx answers come back, everything else throws. With ``rateLimits`` the request waits for
+    /// its bucket and the global limit, and 429s are honoured and retried.
+    @discardableResult
     public func send(_ method: String, _ path: String, json body: [UInt8]? = nil) async throws(DiscordRESTError) -> HTTPResponse {
         var headers = [("Authorization", "Bot \(self.token)"), ("User-Agent", Self.userAgent)]
         if body != nil { headers.append(("Content-Type", "application/json")) }
         let request = HTTPRequest(method: method, url: self.apiURL + path, headers: headers, body: body)
+        let route = RESTRoute(method: method, path: path)
         var attempt = 0
+        var limited = 0
         while true {
+            try await self.waitForSlot(route, method: method, path: path)
             attempt += 1
             let response: HTTPResponse
             do {
@@ -57,8 +70,36 @@ public struct DiscordRESTClient: Sendable {
                 try? await Task.sleep(for: Self.backoff(attempt))
                 continue
             }
-            if (200..<300).contains(response.status) { return response }
+            self.counters.count(status: response.status)
             let body = try? JSONDecoder().decode(DiscordErrorBody.self, from: Data(response.body))
+            var retryAfter: Double?
+            var global = false
+            if response.status == 429 {
+                let limit = try? JSONDecoder().decode(RateLimitBody.self, from: Data(response.body))
+                retryAfter = limit?.retryAfter ?? Double(response.headers["retry-after"] ?? "") ?? 1
+                global = limit?.global == true || response.headers["x-ratelimit-global"] == "true"
+            }
+            if let rateLimits = self.rateLimits {
+                do {
+                    try await rateLimits.record(route, response: response, retryAfter: retryAfter, global: global)
+                } catch {
+                    self.logger.warning("cannot record rate limits in Redis", metadata: ["error": "\(error)"])
+                }
+            }
+            if (200..<300).contains(response.status) { return response }
+            if response.status == 429, limited < self.rateLimitRetries {
+                limited += 1
+                attempt -= 1
+                let wait = Duration.milliseconds(Int(((retryAfter ?? 1) * 1000).rounded(.up)))
+                self.logger.warning(
+                    "rate limited by Discord",
+                    metadata: ["route": "\(route)", "retry_after_ms": "\(wait)", "global": "\(global)",
+                               "scope": "\(response.headers["x-ratelimit-scope"] ?? "unknown")"]
+                )
+                // With shared limits the next acquire waits for the recorded block; without, wait here.
+                if self.rateLimits == nil { try? await Task.sleep(for: wait) }
+                continue
+            }
             let failure = DiscordRESTError(
                 status: response.status, code: body?.code,
                 message: body?.message ?? String(decoding: response.body.prefix(200), as: UTF8.self),
@@ -67,6 +108,33 @@ public struct DiscordRESTClient: Sendable {
             guard response.status >= 500, attempt < self.attempts else { throw failure }
             self.logger.warning("Discord answered with a server error, retrying", metadata: ["error": "\(failure)"])
             try? await Task.sleep(for: Self.backoff(attempt))
+        }
+    }
+
+    /// Waits until the shared limits let a request on `route` go.
+    private func waitForSlot(_ route: RESTRoute, method: String, path: String) async throws(DiscordRESTError) {
+        guard let rateLimits = self.rateLimits else { return }
+        while true {
+            let decision: SharedRateLimits.Decision
+            do {
+                decision = try await rateLimits.acquire(route)
+            } catch {
+                throw DiscordRESTError(status: nil, code: nil, message: "rate-limit state in Redis unavailable: \(error)",
+                                       method: method, path: path)
+            }
+            switch decision {
+            case .go:
+                return
+            case .wait(let duration):
+                self.counters.waited(duration)
+                try? await Task.sleep(for: duration)
+            case .braked(let duration):
+                throw DiscordRESTError(
+                    status: nil, code: nil,
+                    message: "not sent: too many 401/403/429 answers in the last 10 minutes (braking for \(duration) to stay clear of Discord's ban)",
+                    method: method, path: path
+                )
+            }
         }
     }
 
@@ -85,5 +153,34 @@ public struct DiscordRESTClient: Sendable {
     static func backoff(_ attempt: Int) -> Duration {
         let cap = min(5_000, 250 << min(attempt, 5))
         return .milliseconds(Int.random(in: cap / 2...cap))
+    }
+}
+
+/// A 429's body: `{"message":"You are being rate limited.","retry_after":1.5,"global":false}`.
+struct RateLimitBody: Decodable {
+    var retryAfter: Double?
+    var global: Bool?
+    private enum CodingKeys: String, CodingKey { case retryAfter = "retry_after", global }
+}
+
+/// What a REST client has seen: answers by status, 429s, and time spent waiting for buckets.
+public final class RESTCounters: Sendable {
+    public struct Snapshot: Sendable, Hashable {
+        public var byStatus: [Int: Int] = [:]
+        public var waitedMilliseconds = 0
+        public var rateLimited: Int { self.byStatus[429, default: 0] }
+    }
+
+    private let state = Mutex(Snapshot())
+
+    public init() {}
+
+    public var snapshot: Snapshot { self.state.withLock { $0 } }
+
+    func count(status: Int) { self.state.withLock { $0.byStatus[status, default: 0] += 1 } }
+
+    func waited(_ duration: Duration) {
+        let milliseconds = Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
+        self.state.withLock { $0.waitedMilliseconds += milliseconds }
     }
 }

@@ -40,6 +40,8 @@ public final class FakeDiscord: Sendable {
         public var guilds: [String] = []
         /// Client payloads allowed per minute per connection.
         public var sendBudget = 120
+        /// The REST side's limits.
+        public var rest = FakeREST.Configuration()
         public init() {}
     }
 
@@ -53,6 +55,8 @@ public final class FakeDiscord: Sendable {
     }
 
     public let configuration: Configuration
+    /// The REST routes, their record and their faults.
+    public let rest: FakeREST
     let logger: Logger
     private let group: any EventLoopGroup
     private let channel = NIOLockedValueBox<(any Channel)?>(nil)
@@ -82,6 +86,7 @@ public final class FakeDiscord: Sendable {
     public init(configuration: Configuration = .init(), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "fake-discord")) {
         self.configuration = configuration
+        self.rest = FakeREST(token: configuration.token, configuration: configuration.rest)
         self.group = group
         self.logger = logger
         self.state.withLockedValue { $0.identifiesRemaining = configuration.identifiesRemaining }
@@ -327,6 +332,38 @@ public final class FakeDiscord: Sendable {
             }
         }
         connection.session?.detach(connection)
+    }
+
+    /// Discovery here (it needs the port and the identify count), everything else in ``rest``.
+    func handleREST(method: String, path: String, authorization: String?, body: [UInt8]) -> FakeREST.Answer {
+        guard method == "GET", path == "/api/v10/gateway/bot" else {
+            return self.rest.handle(method: method, path: path, authorization: authorization, body: body)
+        }
+        guard authorization == "Bot \(self.configuration.token)" else {
+            return FakeREST.Answer(status: 401, body: #"{"message":"401: Unauthorized","code":0}"#)
+        }
+        let remaining = self.state.withLockedValue { $0.identifiesRemaining }
+        return FakeREST.Answer(status: 200, body: """
+            {"url":"ws://127.0.0.1:\(self.port)/gateway","shards":\(self.configuration.shards),\
+            "session_start_limit":{"total":\(self.configuration.identifiesRemaining),"remaining":\(remaining),\
+            "reset_after":14400000,"max_concurrency":\(self.configuration.maxConcurrency)}}
+            """)
+    }
+
+    /// Sends an INTERACTION_CREATE for a slash command and starts its callback deadline. Returns its id.
+    @discardableResult
+    public func dispatchInteraction(
+        shard: Int, id: UInt64, guild: UInt64, channel: UInt64, user: UInt64, name: String, options: String = "[]",
+        permissions: String = "0", token: String? = nil
+    ) throws -> String {
+        let json = """
+            {"id":"\(id)","application_id":"\(self.configuration.applicationID)","type":2,"token":"\(token ?? "itoken-\(id)")",\
+            "guild_id":"\(guild)","channel_id":"\(channel)","member":{"user":{"id":"\(user)"},"permissions":"\(permissions)",\
+            "roles":[]},"data":{"id":"1","name":"\(name)","type":1,"options":\(options)}}
+            """
+        self.rest.interactionCreated(String(id))
+        try self.dispatch(shard: shard, event: "INTERACTION_CREATE", json: json)
+        return String(id)
     }
 
     func recordHTTP(_ line: String) { self.state.withLockedValue { $0.httpRequests.append(line) } }

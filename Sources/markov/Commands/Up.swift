@@ -3,15 +3,17 @@ import Foundation
 import Logging
 import MarkovChains
 import MarkovCore
+import DiscordGateway
+import DiscordResponder
 import Redis
 import ServiceLifecycle
 import UnixSignals
 
-/// `markov up`: every role that exists in one process, on a private Redis when none is configured, with a local
-/// console channel. (The gateway and the responder join when they are built.)
+/// `markov up`: every role in one process, on a private Redis when none is configured; with `DISCORD_TOKEN` a
+/// real bot (gateway, trainer, responder), without it a local console channel.
 struct Up: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the bot in one process: a private Redis, a trainer, and a console channel.",
+        abstract: "Run the bot in one process: a private Redis, a trainer, and a console channel (or, with DISCORD_TOKEN, the gateway and a responder).",
         discussion: """
             With no REDIS_URL or REDIS_CLUSTER_NODES, starts redis-server from PATH with its data in --data \
             (append-only file on) and stops it on exit. Without DISCORD_TOKEN, each line typed is a message in \
@@ -32,12 +34,6 @@ struct Up: AsyncParsableCommand {
         var configuration = try await RoleContext.configuration(self.options)
         if ProcessInfo.processInfo.environment["LOG_LEVEL"] == nil && self.options.logLevel == nil {
             configuration.logLevel = .warning // the console is for conversation; logs go to stderr when asked
-        }
-        if configuration.discordToken != nil {
-            throw ValidationError(
-                "markov up with DISCORD_TOKEN needs the gateway and the responder, which are not built yet; "
-                    + "unset DISCORD_TOKEN to use the local console channel"
-            )
         }
         var logger = Logger(label: "markov.up")
         logger.logLevel = configuration.logLevel
@@ -65,15 +61,27 @@ struct Up: AsyncParsableCommand {
         trainerConfiguration.commandPrefix = configuration.commandPrefix
         trainerConfiguration.block = .milliseconds(500)
         let trainer = MarkovChains.Trainer(store: context.store, log: context.log, configuration: trainerConfiguration, logger: context.logger)
-        let console = ConsoleChannel(context: context, guild: Self.consoleGuild, imports: self.imports)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: RedisClientService(client: context.redis)),
+            .init(service: trainer, failureTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        if let token = configuration.discordToken, !token.isEmpty {
+            // A real bot: every role in this process.
+            var gateway = GatewayService.Configuration(token: token, owner: RoleContext.consumerName(role: "up"))
+            gateway.rest = try Responder.restClient(context: context)
+            gateway.gatewayURL = configuration.discordGatewayURL
+            services.append(.init(service: GatewayService(configuration: gateway, log: context.log, logger: context.logger),
+                                  failureTerminationBehavior: .gracefullyShutdownGroup))
+            services.append(.init(service: try Responder.makeResponder(context: context),
+                                  failureTerminationBehavior: .gracefullyShutdownGroup))
+        } else {
+            let console = ConsoleChannel(context: context, guild: Self.consoleGuild, imports: self.imports)
+            services.append(.init(service: console, successTerminationBehavior: .gracefullyShutdownGroup,
+                                  failureTerminationBehavior: .gracefullyShutdownGroup))
+        }
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: RedisClientService(client: context.redis)),
-                    .init(service: trainer, failureTerminationBehavior: .gracefullyShutdownGroup),
-                    .init(service: console, successTerminationBehavior: .gracefullyShutdownGroup,
-                          failureTerminationBehavior: .gracefullyShutdownGroup),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: context.logger
             )
@@ -113,37 +121,21 @@ struct ConsoleChannel: Service {
         }
     }
 
+    /// A typed line: a trigger (`!mark…`, `@markov …`, `/mark seed:…`) is answered exactly as the responder
+    /// answers on Discord (the same ``Trigger`` and ``ReplyComposer``); anything else is learnt.
     private func handle(_ line: String, number: Int) async throws {
-        let tokens = Tokenizer.tokens(line)
-        guard let first = tokens.first else { return }
-        let prefix = self.context.configuration.commandPrefix
-        if first.lowercased() == prefix.lowercased() {
-            let rest = Array(tokens.dropFirst())
-            switch rest.first?.lowercased() {
-            case "help":
-                let help = [
-                    ("\(prefix) [words]", "a sentence, starting from your words when it knows them"),
-                    ("\(prefix) debug [words]", "the same, with each word's probability"),
-                    ("/mark seed:words", "the slash-command form"),
-                    ("@markov words", "a mention works too"),
-                    ("anything else", "is learnt"),
-                ]
-                let width = help.map(\.0.count).max() ?? 0
-                for (command, meaning) in help {
-                    say("  " + command + String(repeating: " ", count: width - command.count + 2) + meaning)
-                }
-            case "debug":
-                try await self.answer(seed: Array(rest.dropFirst()), debug: true)
-            default:
-                try await self.answer(seed: rest, debug: false)
-            }
-        } else if first == "/mark" {
-            let text = line.drop(while: { $0 != "k" }).dropFirst()
-            let seed = text.replacingOccurrences(of: "seed:", with: "")
-            try await self.answer(seed: Tokenizer.tokens(seed), debug: false)
-        } else if first.lowercased() == "@markov" || first == "<@0>" {
-            try await self.answer(seed: Array(tokens.dropFirst()), debug: false)
+        let trimmed = line.drop { $0 == " " }
+        let trigger: Trigger?
+        if trimmed.hasPrefix("/mark") {
+            let seed = trimmed.dropFirst("/mark".count).replacingOccurrences(of: "seed:", with: "")
+            trigger = Trigger(kind: .slash, request: .sentence(seed: Tokenizer.tokens(seed), debug: false))
         } else {
+            // The console's bot is user 0: "@markov words" is a mention of it.
+            let content = trimmed.lowercased().hasPrefix("@markov") ? "<@0>" + trimmed.dropFirst("@markov".count) : String(trimmed)
+            trigger = Trigger.detect(content: content, botUserID: "0", prefix: self.context.configuration.commandPrefix)
+        }
+        guard let trigger else {
+            guard !Tokenizer.tokens(line).isEmpty else { return }
             let millis = Int64(Date().timeIntervalSince1970 * 1000)
             try await self.context.log.append([
                 ChainEvent(
@@ -151,26 +143,17 @@ struct ConsoleChannel: Service {
                     messageID: "console-\(millis)-\(number)", authorID: Snowflake("1"), content: line, timestamp: millis
                 )
             ])
+            return
         }
-    }
-
-    private func answer(seed: [String], debug: Bool) async throws {
-        var options = ChainStore.GenerationOptions()
-        options.seedWords = seed
-        options.debug = debug
-        var result = try await self.context.store.generate(guild: self.guild, options: options)
-        if result.sentence == nil {
-            // A young chain can only repeat what it heard; better that than silence.
-            options.allowCopies = true
-            result = try await self.context.store.generate(guild: self.guild, options: options)
+        let composer = ReplyComposer(store: self.context.store, prefix: self.context.configuration.commandPrefix)
+        let reply = try await composer.reply(to: trigger.request, guild: self.guild)
+        let lines = reply.split(separator: "\n", omittingEmptySubsequences: false)
+        if case .help = trigger.request {
+            for line in lines { say("  " + line) }
+        } else {
+            say("markov> \(lines.first ?? "")")
+            for line in lines.dropFirst() where !line.hasPrefix("```") { say("  " + line) }
         }
-        if debug {
-            say("  \(result.tries) tries; \(result.notes)")
-            for step in result.steps {
-                say("  \(step.token.isEmpty ? "<end>" : step.token)  \(step.count)/\(step.total)")
-            }
-        }
-        say("markov> \(result.sentence ?? "I don't know enough words yet. Say something first!")")
     }
 
     private func importFile(_ file: String) async throws {

@@ -1,0 +1,100 @@
+import DiscordProtocol
+import Foundation
+
+/// The body of `POST /channels/{id}/messages`: a reply that never pings anyone.
+public struct CreateMessage: Sendable, Encodable, Hashable {
+    public var content: String
+    public var tts: Bool?
+    public var allowedMentions = AllowedMentions()
+    public var messageReference: MessageReference?
+    /// At most 25 characters; with `enforceNonce`, Discord returns the earlier message instead of posting twice.
+    public var nonce: String?
+    public var enforceNonce: Bool?
+
+    public struct AllowedMentions: Sendable, Encodable, Hashable {
+        public var parse: [String] = []
+        public init() {}
+    }
+
+    public struct MessageReference: Sendable, Encodable, Hashable {
+        public var messageID: String
+        public var failIfNotExists = false
+        private enum CodingKeys: String, CodingKey { case messageID = "message_id", failIfNotExists = "fail_if_not_exists" }
+        public init(messageID: String) { self.messageID = messageID }
+    }
+
+    public init(content: String, replyTo: String? = nil, nonce: String? = nil, tts: Bool = false) {
+        self.content = content
+        self.messageReference = replyTo.map(MessageReference.init(messageID:))
+        self.nonce = nonce
+        self.enforceNonce = nonce == nil ? nil : true
+        self.tts = tts ? true : nil
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case content, tts, allowedMentions = "allowed_mentions", messageReference = "message_reference", nonce,
+            enforceNonce = "enforce_nonce"
+    }
+}
+
+/// The body of an interaction callback: `{"type":4,"data":{…}}` or `{"type":5}`.
+public struct InteractionCallback: Sendable, Encodable, Hashable {
+    public var type: Int
+    public var data: Data?
+
+    public struct Data: Sendable, Encodable, Hashable {
+        public var content: String
+        public var tts: Bool?
+        public var allowedMentions = CreateMessage.AllowedMentions()
+        /// 64: only the invoking user sees it.
+        public var flags: Int?
+        private enum CodingKeys: String, CodingKey { case content, tts, allowedMentions = "allowed_mentions", flags }
+    }
+
+    /// An immediate reply.
+    public static func reply(_ content: String, tts: Bool = false, ephemeral: Bool = false) -> InteractionCallback {
+        InteractionCallback(type: 4, data: Data(content: content, tts: tts ? true : nil, flags: ephemeral ? 64 : nil))
+    }
+
+    /// "Thinking…": the reply comes later as an edit of `@original`.
+    public static let deferred = InteractionCallback(type: 5, data: nil)
+}
+
+extension DiscordRESTClient {
+    static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return encoder
+    }()
+
+    static func json(_ value: some Encodable) -> [UInt8] { Array((try? Self.encoder.encode(value)) ?? Foundation.Data("{}".utf8)) }
+
+    /// `POST /channels/{channel}/messages`; returns the message id.
+    @discardableResult
+    public func createMessage(channel: String, _ message: CreateMessage) async throws(DiscordRESTError) -> String {
+        let response = try await self.send("POST", "/channels/\(channel)/messages", json: Self.json(message))
+        let object = (try? JSONSerialization.jsonObject(with: Foundation.Data(response.body))) as? [String: Any]
+        return object?["id"] as? String ?? ""
+    }
+
+    /// `POST /interactions/{id}/{token}/callback`.
+    public func interactionCallback(id: String, token: String, _ callback: InteractionCallback) async throws(DiscordRESTError) {
+        try await self.send("POST", "/interactions/\(id)/\(token)/callback", json: Self.json(callback))
+    }
+
+    /// `PATCH /webhooks/{application}/{token}/messages/@original`: the reply to a deferred interaction.
+    public func editOriginal(application: String, token: String, content: String) async throws(DiscordRESTError) {
+        struct Edit: Encodable {
+            var content: String
+            var allowedMentions = CreateMessage.AllowedMentions()
+            enum CodingKeys: String, CodingKey { case content, allowedMentions = "allowed_mentions" }
+        }
+        try await self.send("PATCH", "/webhooks/\(application)/\(token)/messages/@original", json: Self.json(Edit(content: content)))
+    }
+
+    /// `PUT /applications/{application}/commands` (or the guild's): replaces the whole command list.
+    public func putCommands(application: String, guild: String?, json: [UInt8]) async throws(DiscordRESTError) {
+        let path = guild.map { "/applications/\(application)/guilds/\($0)/commands" } ?? "/applications/\(application)/commands"
+        try await self.send("PUT", path, json: json)
+    }
+}

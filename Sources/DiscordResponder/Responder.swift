@@ -1,0 +1,231 @@
+import DiscordProtocol
+import DiscordREST
+import Foundation
+import Logging
+import MarkovChains
+import MarkovCore
+import Redis
+import ServiceLifecycle
+import Synchronization
+
+/// `markov responder`: reads the event log in the consumer group `responders`, answers the events that ask for
+/// an answer (a mention, the prefix, `/mark`), and replies through Discord's REST API. Any number may run.
+///
+/// Each trigger is answered at most once: a reply carries a nonce derived from the trigger with
+/// `enforce_nonce` (a redelivered trigger whose reply was already posted gets Discord's earlier message back, not
+/// a second one), and an answered-marker in Redis (`{g:<guild>}:answered:<trigger>`, one day) skips triggers
+/// already answered. Entries are acknowledged after their reply.
+public final class Responder: Service, Sendable {
+    public struct Configuration: Sendable {
+        public var group = "responders"
+        public var consumer: String
+        public var partitions = 16
+        public var batchSize = 64
+        public var block: Duration = .seconds(2)
+        /// Entries idle this long with another (dead) responder are claimed.
+        public var claimAfter: Duration = .seconds(30)
+        public var commandPrefix = "!mark"
+        /// Triggers older than this (after an outage) are not answered.
+        public var maxAge: Duration = .seconds(300)
+        /// A slash command not answered within this gets a deferred reply, then an edit.
+        public var interactionDeferAfter: Duration = .milliseconds(2000)
+
+        public init(consumer: String) { self.consumer = consumer }
+    }
+
+    /// Counts since start.
+    public struct Statistics: Sendable, Hashable {
+        public var replies = 0
+        public var duplicatesSkipped = 0
+        public var tooOld = 0
+        public var failures = 0
+        public var deferred = 0
+    }
+
+    public let configuration: Configuration
+    private let log: EventLog
+    private let composer: ReplyComposer
+    private let rest: DiscordRESTClient
+    private let logger: Logger
+    private let counters = Mutex(Statistics())
+    private let botUser = Mutex<String?>(nil)
+
+    public init(store: ChainStore, log: EventLog, rest: DiscordRESTClient, configuration: Configuration, logger: Logger) {
+        self.log = log
+        self.composer = ReplyComposer(store: store, prefix: configuration.commandPrefix)
+        self.rest = rest
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public var statistics: Statistics { self.counters.withLock { $0 } }
+
+    public func run() async throws {
+        try await self.log.ensureGroup(self.configuration.group)
+        self.logger.info("responder started", metadata: ["responder.consumer": "\(self.configuration.consumer)"])
+        await withDiscardingTaskGroup { group in
+            for partition in 0..<self.configuration.partitions {
+                group.addTask { await self.runPartition(partition) }
+            }
+        }
+        self.logger.info("responder stopped", metadata: ["responder.consumer": "\(self.configuration.consumer)"])
+    }
+
+    private func runPartition(_ partition: Int) async {
+        let clock = ContinuousClock()
+        var lastClaim = clock.now
+        var failures = 0
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do throws(RedisError) {
+                var entries: [EventLog.Entry] = []
+                if clock.now - lastClaim >= self.configuration.claimAfter {
+                    lastClaim = clock.now
+                    entries = try await self.log.claimStale(
+                        partition: partition, group: self.configuration.group, consumer: self.configuration.consumer,
+                        minIdle: self.configuration.claimAfter, count: self.configuration.batchSize
+                    )
+                }
+                if entries.isEmpty {
+                    entries = try await self.log.read(
+                        partition: partition, group: self.configuration.group, consumer: self.configuration.consumer,
+                        count: self.configuration.batchSize, block: self.configuration.block
+                    )
+                }
+                guard !entries.isEmpty else { continue }
+                // Replies of a batch go out together; the entries are acknowledged once all are done.
+                await withDiscardingTaskGroup { group in
+                    for entry in entries { group.addTask { await self.handle(entry) } }
+                }
+                try await self.log.acknowledge(partition: partition, group: self.configuration.group, ids: entries.map(\.id))
+                failures = 0
+            } catch {
+                if error.code == .cancelled || Task.isCancelled { return }
+                failures += 1
+                self.logger.warning("responder read failed; retrying", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(min(5_000, 100 << min(failures, 6))))
+            }
+        }
+    }
+
+    /// Answers one entry if it asks for an answer. Failures are logged; the entry is acknowledged either way (a
+    /// reply that Discord refused would be refused again).
+    private func handle(_ entry: EventLog.Entry) async {
+        guard let event = try? ChainEvent(fields: entry.fields) else { return }
+        switch event.kind {
+        case .create:
+            await self.handleMessage(event)
+        case .interaction:
+            await self.handleInteraction(event)
+        case .update, .delete, .deleteBulk, .guildRemoved:
+            return
+        }
+    }
+
+    private func handleMessage(_ event: ChainEvent) async {
+        guard event.source == .gateway, let messageID = event.messageID, let channel = event.channelID,
+              !event.authorFlags.contains(.bot), !event.authorFlags.contains(.webhook)
+        else { return }
+        let bot = await self.botUserID()
+        if let bot, event.authorID?.rawValue == bot { return }
+        guard let trigger = Trigger.detect(content: event.content ?? "", botUserID: bot, prefix: self.configuration.commandPrefix)
+        else { return }
+        guard self.isFresh(event) else { return }
+        let marker = "\(ChainKeys(guild: event.guildID).prefix):answered:\(messageID)"
+        do throws(any Error) {
+            if try await self.log.redis.send(RedisCommand("EXISTS", .string(marker))).int == 1 {
+                self.counters.withLock { $0.duplicatesSkipped += 1 }
+                return
+            }
+            let text = try await self.composer.reply(to: trigger.request, guild: event.guildID)
+            try await self.rest.createMessage(
+                channel: channel.rawValue,
+                CreateMessage(content: text, replyTo: messageID, nonce: Self.nonce(for: messageID), tts: trigger.tts)
+            )
+            try await self.markAnswered(marker)
+            self.counters.withLock { $0.replies += 1 }
+        } catch {
+            self.counters.withLock { $0.failures += 1 }
+            self.logger.warning("reply failed", metadata: ["guild": "\(event.guildID)", "message": "\(messageID)", "error": "\(error)"])
+        }
+    }
+
+    private func handleInteraction(_ event: ChainEvent) async {
+        guard let payload = event.payload,
+              let interaction = try? JSONDecoder().decode(Interaction.self, from: Data(payload)),
+              let trigger = Trigger.slash(interaction)
+        else { return }
+        guard self.isFresh(event) else { return }
+        let marker = "\(ChainKeys(guild: event.guildID).prefix):answered:\(interaction.id)"
+        do throws(any Error) {
+            if try await self.log.redis.send(RedisCommand("EXISTS", .string(marker))).int == 1 {
+                self.counters.withLock { $0.duplicatesSkipped += 1 }
+                return
+            }
+            // Discord wants an answer within 3 s: reply at once when the sentence is ready in time, else say
+            // "thinking" and edit the reply in when it is.
+            let composer = self.composer
+            let guild = event.guildID
+            let generation = Task { () throws -> String in try await composer.reply(to: trigger.request, guild: guild) }
+            let quick = await Self.result(of: generation, within: self.configuration.interactionDeferAfter)
+            if let quick {
+                try await self.rest.interactionCallback(
+                    id: interaction.id.rawValue, token: interaction.token, .reply(try quick.get(), tts: trigger.tts)
+                )
+            } else {
+                self.counters.withLock { $0.deferred += 1 }
+                try await self.rest.interactionCallback(id: interaction.id.rawValue, token: interaction.token, .deferred)
+                let text = try await generation.value
+                try await self.rest.editOriginal(application: interaction.applicationID.rawValue, token: interaction.token, content: text)
+            }
+            try await self.markAnswered(marker)
+            self.counters.withLock { $0.replies += 1 }
+        } catch let error as DiscordRESTError where error.code == 40060 {
+            // Already acknowledged: an earlier delivery answered it.
+            self.counters.withLock { $0.duplicatesSkipped += 1 }
+            try? await self.markAnswered(marker)
+        } catch {
+            self.counters.withLock { $0.failures += 1 }
+            self.logger.warning("interaction reply failed", metadata: ["guild": "\(event.guildID)", "interaction": "\(interaction.id)", "error": "\(error)"])
+        }
+    }
+
+    /// The value of `task` if it finishes within `limit`.
+    private static func result(of task: Task<String, any Error>, within limit: Duration) async -> Result<String, any Error>? {
+        await withTaskGroup(of: Result<String, any Error>?.self) { group in
+            group.addTask { await task.result }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+    }
+
+    private func isFresh(_ event: ChainEvent) -> Bool {
+        guard event.timestamp > 0 else { return true }
+        let age = Int64(Date().timeIntervalSince1970 * 1000) - event.timestamp
+        let limit = self.configuration.maxAge.components.seconds * 1000
+        if age > limit {
+            self.counters.withLock { $0.tooOld += 1 }
+            return false
+        }
+        return true
+    }
+
+    private func markAnswered(_ marker: String) async throws(RedisError) {
+        try await self.log.redis.send(RedisCommand("SET", .string(marker), "1", "EX", 86_400))
+    }
+
+    /// The bot's user id, from `bot:user` (written by the gateway at READY); cached once known.
+    private func botUserID() async -> String? {
+        if let known = self.botUser.withLock({ $0 }) { return known }
+        let id = try? await self.log.redis.send(RedisCommand("HGET", "bot:user", "id")).string
+        if let id { self.botUser.withLock { $0 = id } }
+        return id
+    }
+
+    /// A nonce of at most 25 characters derived from the trigger (a snowflake has at most 20 digits).
+    static func nonce(for trigger: String) -> String { String(trigger.prefix(25)) }
+}

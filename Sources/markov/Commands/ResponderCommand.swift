@@ -1,0 +1,96 @@
+import ArgumentParser
+import DiscordREST
+import DiscordResponder
+import Foundation
+import MarkovChains
+import Redis
+import ServiceLifecycle
+import UnixSignals
+
+/// `markov responder`: answers mentions, the prefix and `/mark` (run any number of these).
+struct Responder: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Answer mentions, the prefix and slash commands through Discord's REST API (run any number of these)."
+    )
+
+    @OptionGroup var options: GlobalOptions
+
+    @Option(help: "Seconds after which a trigger is too old to answer (after an outage).") var maxAge = 300
+
+    func run() async throws {
+        LoggingSetup.once
+        let context = try await RoleContext(options: self.options, label: "markov.responder")
+        let responder = try Self.makeResponder(context: context, maxAge: self.maxAge)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: RedisClientService(client: context.redis)),
+                    .init(service: responder, successTerminationBehavior: .gracefullyShutdownGroup,
+                          failureTerminationBehavior: .gracefullyShutdownGroup),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: context.logger
+            )
+        )
+        try await group.run()
+    }
+
+    /// The REST client every role uses: the token, and rate limits shared through Redis.
+    static func restClient(context: RoleContext) throws -> DiscordRESTClient {
+        guard let token = context.configuration.discordToken, !token.isEmpty else {
+            throw ValidationError("DISCORD_TOKEN is not set: this role needs the bot token")
+        }
+        var rest = DiscordRESTClient(apiURL: context.configuration.discordAPIURL, token: token, logger: context.logger)
+        rest.rateLimits = SharedRateLimits(redis: context.redis)
+        return rest
+    }
+
+    static func makeResponder(context: RoleContext, maxAge: Int = 300) throws -> DiscordResponder.Responder {
+        var configuration = DiscordResponder.Responder.Configuration(consumer: RoleContext.consumerName(role: "responder"))
+        configuration.partitions = context.configuration.partitions
+        configuration.commandPrefix = context.configuration.commandPrefix
+        configuration.maxAge = .seconds(maxAge)
+        return DiscordResponder.Responder(
+            store: context.store, log: context.log, rest: try Self.restClient(context: context),
+            configuration: configuration, logger: context.logger
+        )
+    }
+}
+
+/// `markov register-commands`: installs the slash commands with one PUT.
+struct RegisterCommands: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Install the slash commands with one PUT (globally, or in one guild for testing)."
+    )
+
+    @OptionGroup var options: GlobalOptions
+
+    @Option(help: "Install in this guild only (takes effect at once; global commands can take a while).") var guild: String?
+    @Option(help: "The application id (default: the one the gateway recorded at READY).") var application: String?
+
+    /// The command set: `/mark` and `/help`.
+    static let commands = #"""
+        [{"name":"mark","type":1,"description":"Say something in this server's voice",
+          "options":[{"name":"seed","type":3,"description":"Words to start from","required":false},
+                     {"name":"debug","type":5,"description":"Show each word's probability","required":false},
+                     {"name":"tts","type":5,"description":"Read it aloud","required":false}]},
+         {"name":"help","type":1,"description":"What markov does and how to ask it"}]
+        """#
+
+    func run() async throws {
+        LoggingSetup.once
+        let context = try await RoleContext(options: self.options, label: "markov.register-commands")
+        defer { context.redis.shutdown() }
+        if let guild { _ = try snowflake(guild, "--guild") }
+        var application = self.application
+        if application == nil {
+            application = try? await context.redis.send("HGET", "bot:user", "application_id").string
+        }
+        guard let application else {
+            throw ValidationError("no application id: pass --application, or run the gateway once so READY records it")
+        }
+        let rest = try Responder.restClient(context: context)
+        try await rest.putCommands(application: application, guild: self.guild, json: Array(Self.commands.utf8))
+        print("installed /mark and /help \(self.guild.map { "in guild \($0)" } ?? "globally") for application \(application)")
+    }
+}

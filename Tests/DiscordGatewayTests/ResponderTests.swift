@@ -1,0 +1,188 @@
+import DiscordGateway
+import DiscordProtocol
+import DiscordREST
+import DiscordResponder
+import FakeDiscord
+import Foundation
+import MarkovChains
+import MarkovCore
+import Redis
+import ServiceLifecycle
+import Testing
+
+extension GatewayIntegrationTests {
+    /// Gateway, trainer and responder in this process against the fake Discord and a real Redis.
+    @Suite("Responder") struct ResponderTests {
+        static let guild: UInt64 = GatewayHarness.guild(onShard: 0, of: 1, salt: 7)
+        static let channel: UInt64 = 7
+        /// Snowflakes of now: triggers older than the responder's maximum age are not answered.
+        static let base: UInt64 = (UInt64(Date().timeIntervalSince1970 * 1000) - 1_420_070_400_000) << 22
+
+        /// Everything running: returns the services' group task and the responder.
+        func start(_ harness: GatewayHarness, _ fake: FakeDiscord) async throws -> (ServiceGroup, Task<Void, any Error>, Responder) {
+            let store = ChainStore(redis: harness.redis, stateSize: 2)
+            try await store.prepare()
+            try await store.setListening(true, channel: Snowflake(String(Self.channel))!, guild: Snowflake(String(Self.guild))!)
+            var gatewayConfiguration = GatewayService.Configuration(token: fake.configuration.token, owner: "test")
+            gatewayConfiguration.rest = DiscordRESTClient(apiURL: fake.apiURL, token: fake.configuration.token, logger: GatewayHarness.logger)
+            let gateway = GatewayService(configuration: gatewayConfiguration, log: harness.log, logger: GatewayHarness.logger)
+            var trainerConfiguration = Trainer.Configuration(consumer: "test-trainer")
+            trainerConfiguration.partitions = GatewayHarness.partitions
+            trainerConfiguration.block = .milliseconds(100)
+            let trainer = Trainer(store: store, log: harness.log, configuration: trainerConfiguration, logger: GatewayHarness.logger)
+            var rest = DiscordRESTClient(apiURL: fake.apiURL, token: fake.configuration.token, logger: GatewayHarness.logger)
+            rest.rateLimits = SharedRateLimits(redis: harness.redis)
+            var configuration = Responder.Configuration(consumer: "test-responder")
+            configuration.partitions = GatewayHarness.partitions
+            configuration.block = .milliseconds(100)
+            let responder = Responder(store: store, log: harness.log, rest: rest, configuration: configuration, logger: GatewayHarness.logger)
+            let group = ServiceGroup(services: [gateway, trainer, responder], logger: GatewayHarness.logger)
+            let task = Task { try await group.run() }
+            try await fake.waitForShards([0])
+            return (group, task, responder)
+        }
+
+        func message(_ fake: FakeDiscord, _ index: UInt64, _ content: String, author: UInt64 = 9, bot: Bool = false) throws -> String {
+            let id = Self.base + index
+            try fake.dispatch(shard: 0, event: "MESSAGE_CREATE", json: FakeDiscord.messageJSON(
+                id: id, channel: Self.channel, guild: Self.guild, author: author, content: content, bot: bot
+            ))
+            return String(id)
+        }
+
+        @Test("mentions, the prefix and /mark are answered once each, as replies that ping nobody; other messages are not")
+        func triggers() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let (group, task, responder) = try await self.start(harness, fake)
+            let lines = ["zebras enjoy quiet evenings", "zebras enjoy loud mornings", "zebras like quiet mornings"]
+            for (index, line) in lines.enumerated() { _ = try self.message(fake, UInt64(index), line) }
+            try await GatewayHarness.eventually("the lines to be learnt") {
+                try await ChainStore(redis: harness.redis, stateSize: 2).totals(guild: Snowflake(String(Self.guild))!)["messages"] == 3
+            }
+            let bot = fake.configuration.botUserID
+            let mention = try self.message(fake, 10, "<@!\(bot)> zebras")
+            let prefix = try self.message(fake, 11, "!MARK")
+            let debug = try self.message(fake, 12, "!mark debug zebras")
+            let help = try self.message(fake, 13, "!mark help")
+            _ = try self.message(fake, 14, "just talking about zebras")
+            _ = try self.message(fake, 15, "!mark", author: UInt64(bot)!, bot: true)  // the bot's own message
+            _ = try self.message(fake, 16, "!mark", author: 99, bot: true)  // another bot
+            let slash = try fake.dispatchInteraction(
+                shard: 0, id: Self.base + 20, guild: Self.guild, channel: Self.channel, user: 9, name: "mark",
+                options: #"[{"name":"seed","type":3,"value":"zebras"},{"name":"tts","type":5,"value":true}]"#
+            )
+            try await GatewayHarness.eventually("five replies") { fake.rest.messages.count == 4 && responder.statistics.replies == 5 }
+            let messages = fake.rest.messages
+            #expect(Set(messages.compactMap(\.replyTo)) == [mention, prefix, debug, help])
+            for message in messages {
+                #expect(message.allowedMentionsParse == [], "never pings anyone")
+                #expect(message.failIfNotExists == false)
+                #expect(!message.content.isEmpty && message.content.utf16.count <= 2000)
+                #expect(message.nonce == message.replyTo, "the nonce is the trigger")
+                #expect(message.channel == String(Self.channel))
+            }
+            let byTrigger = Dictionary(uniqueKeysWithValues: messages.map { ($0.replyTo ?? "", $0.content) })
+            #expect(byTrigger[mention]?.hasPrefix("zebras") == true, "the seed steers the sentence")
+            #expect(byTrigger[debug]?.contains("```") == true && byTrigger[debug]?.contains("%") == true)
+            #expect(byTrigger[help]?.contains("!mark debug") == true)
+            let callback = try #require(fake.rest.requests.first { $0.path.hasPrefix("/api/v10/interactions/\(slash)/") })
+            #expect(callback.json?["type"] as? Int == 4)
+            let data = try #require(callback.json?["data"] as? [String: Any])
+            #expect((data["content"] as? String)?.hasPrefix("zebras") == true)
+            #expect(data["tts"] as? Bool == true)
+            #expect((data["allowed_mentions"] as? [String: Any])?["parse"] as? [String] == [])
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
+        @Test("a trigger delivered again is answered once: by the answered-marker, and by the nonce when the marker is missing")
+        func redelivery() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let (group, task, responder) = try await self.start(harness, fake)
+            let trigger = try self.message(fake, 30, "!mark")
+            try await GatewayHarness.eventually("the reply") { responder.statistics.replies == 1 }
+            // The same MESSAGE_CREATE again (a replay after a resume).
+            _ = try self.message(fake, 30, "!mark")
+            try await GatewayHarness.eventually("the duplicate to be skipped") { responder.statistics.duplicatesSkipped == 1 }
+            // A responder that died after posting but before its marker: the nonce makes Discord return the
+            // first message instead of a second one.
+            try await harness.redis.send(RedisCommand("DEL", .string("{g:\(Self.guild)}:answered:\(trigger)")))
+            _ = try self.message(fake, 30, "!mark")
+            try await GatewayHarness.eventually("the third delivery") { responder.statistics.replies == 2 }
+            #expect(fake.rest.messages.count == 1)
+            #expect(fake.rest.requests.filter { $0.method == "POST" && $0.path.hasSuffix("/messages") }.count == 2)
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
+        @Test("two REST clients flooding one channel share its bucket through Redis: no 429 at all")
+        func sharedBucket() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake { $0.rest.messageBucketLimit = 5; $0.rest.messageBucketWindow = .milliseconds(500) }
+            func client() throws -> (DiscordRESTClient, RedisClient) {
+                // A client of its own, as another process would have.
+                let redis = RedisClient(configuration: try RedisConfiguration(url: GatewayHarness.redisURL), logger: GatewayHarness.logger)
+                var rest = DiscordRESTClient(apiURL: fake.apiURL, token: fake.configuration.token, logger: GatewayHarness.logger)
+                rest.rateLimits = SharedRateLimits(redis: redis)
+                return (rest, redis)
+            }
+            let (one, redisOne) = try client()
+            let (two, redisTwo) = try client()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (rest, name) in [(one, "a"), (two, "b")] {
+                    group.addTask {
+                        for index in 0..<20 { try await rest.createMessage(channel: "77", CreateMessage(content: "\(name)\(index)")) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(fake.rest.messages.count == 40)
+            #expect(fake.rest.rateLimitedCount == 0, "the first answer revealed the bucket; nobody went over it")
+            #expect(one.counters.snapshot.waitedMilliseconds + two.counters.snapshot.waitedMilliseconds > 0)
+            redisOne.shutdown()
+            redisTwo.shutdown()
+            await fake.stop()
+        }
+
+        @Test("the global limit holds across clients, and the brake stops sending during a ban")
+        func globalLimitAndBrake() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake { $0.rest.globalLimit = 20 }
+            var rest = DiscordRESTClient(apiURL: fake.apiURL, token: fake.configuration.token, logger: GatewayHarness.logger)
+            var limits = SharedRateLimits(redis: harness.redis)
+            limits.globalLimit = 20
+            limits.brakeLimit = 5
+            rest.rateLimits = limits
+            let client = rest
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for channel in 0..<12 {
+                    group.addTask {
+                        for index in 0..<4 { try await client.createMessage(channel: "\(100 + channel)", CreateMessage(content: "m\(index)")) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(fake.rest.messages.count == 48)
+            #expect(fake.rest.rateLimitedCount == 0, "48 requests at 20/s went out over more than two seconds without a global 429")
+
+            fake.rest.setBanned(true)
+            var refused: DiscordRESTError?
+            rest.rateLimitRetries = 0
+            for index in 0..<10 {
+                do {
+                    try await rest.createMessage(channel: "500", CreateMessage(content: "x\(index)"))
+                } catch {
+                    if error.message.contains("braking") { refused = error; break }
+                }
+            }
+            let braked = try #require(refused, "the brake engaged")
+            #expect(braked.status == nil, "refused before sending")
+            #expect(try await limits.badAnswers() == 5)
+            await fake.stop()
+        }
+    }
+}
