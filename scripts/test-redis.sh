@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Starts (or stops) the Redis servers the integration tests use, on private loopback ports and data dirs:
-# a standalone server on $MARKOV_TEST_STANDALONE_PORT (16379) and a 3-master cluster on 17001-17003.
+# a standalone server on $MARKOV_TEST_STANDALONE_PORT (16379), a second one on $MARKOV_TEST_DISCORD_PORT (16380) for
+# the Discord suites (their floods would otherwise delay the Redis client tests' tight deadlines), and a 3-master
+# cluster on 17001-17003.
 #   scripts/test-redis.sh start | stop
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)/.redis-test"
 standalone_port="${MARKOV_TEST_STANDALONE_PORT:-16379}"
+discord_port="${MARKOV_TEST_DISCORD_PORT:-16380}"
 cluster_ports=(17001 17002 17003)
 
 start_server() { # name port extra-args…
@@ -38,6 +41,7 @@ start)
     "$0" stop
     rm -rf "$root"
     start_server standalone "$standalone_port"
+    start_server discord "$discord_port"
     nodes=()
     for port in "${cluster_ports[@]}"; do
         start_server "cluster-$port" "$port" --cluster-enabled yes --cluster-config-file nodes.conf \
@@ -55,10 +59,11 @@ start)
         sleep 0.1
     done
     [ "$ok" = 1 ] || { echo "the test cluster did not reach cluster_state:ok" >&2; exit 1; }
-    echo "test redis: standalone 127.0.0.1:$standalone_port, cluster ${nodes[*]}"
+    echo "test redis: standalone 127.0.0.1:$standalone_port, Discord suites 127.0.0.1:$discord_port, cluster ${nodes[*]}"
     ;;
 stop)
     stop_server standalone
+    stop_server discord
     for port in "${cluster_ports[@]}"; do stop_server "cluster-$port"; done
     ;;
 *)

@@ -8,6 +8,10 @@ scripts/validate-deploy.sh
 trap 'scripts/test-redis.sh stop' EXIT
 scripts/test-redis.sh start
 export MARKOV_TEST_REDIS_URL="redis://127.0.0.1:${MARKOV_TEST_STANDALONE_PORT:-16379}"
+export MARKOV_TEST_DISCORD_REDIS_URL="redis://127.0.0.1:${MARKOV_TEST_DISCORD_PORT:-16380}"
 export MARKOV_TEST_CLUSTER_NODES="127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003"
 export MARKOV_TEST_REDIS_SERVER="$(command -v redis-server)"
-swift test "$@"
+# Two runs: the Discord suites flood real processes across both cores, which would stretch the Redis client
+# tests' tight deadlines if they ran side by side. The second run reuses the first one's build.
+swift test --skip DiscordGatewayTests "$@"
+swift test --filter DiscordGatewayTests "$@"

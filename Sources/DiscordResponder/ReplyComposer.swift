@@ -25,6 +25,8 @@ public struct ReplyComposer: Sendable {
             return Self.limit(self.help)
         case .unsupported(let name):
             return "`/\(name)` is not available yet. Try `/mark` or `\(self.prefix) help`."
+        case .command:
+            return "Settings commands are answered by the responder."
         case .sentence(let seed, let debug):
             var options = ChainStore.GenerationOptions()
             options.seedWords = seed

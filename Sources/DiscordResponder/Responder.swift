@@ -29,6 +29,10 @@ public final class Responder: Service, Sendable {
         public var maxAge: Duration = .seconds(300)
         /// A slash command not answered within this gets a deferred reply, then an edit.
         public var interactionDeferAfter: Duration = .milliseconds(2000)
+        /// After speaking unasked (random chance, auto-respond) in a channel, the bot stays quiet there this long.
+        public var cooldown: Duration = .seconds(10)
+        /// Users allowed every admin command, whatever their permissions (`OWNER_IDS`).
+        public var owners: Set<String> = []
 
         public init(consumer: String) { self.consumer = consumer }
     }
@@ -40,11 +44,15 @@ public final class Responder: Service, Sendable {
         public var tooOld = 0
         public var failures = 0
         public var deferred = 0
+        /// Answers given unasked (random chance, auto-respond).
+        public var unasked = 0
     }
 
     public let configuration: Configuration
     private let log: EventLog
     private let composer: ReplyComposer
+    private let commands: SettingsCommands
+    private let settings: ResponseSettings
     private let rest: DiscordRESTClient
     private let logger: Logger
     private let counters = Mutex(Statistics())
@@ -53,6 +61,8 @@ public final class Responder: Service, Sendable {
     public init(store: ChainStore, log: EventLog, rest: DiscordRESTClient, configuration: Configuration, logger: Logger) {
         self.log = log
         self.composer = ReplyComposer(store: store, prefix: configuration.commandPrefix)
+        self.settings = ResponseSettings(redis: log.redis)
+        self.commands = SettingsCommands(store: store, settings: self.settings, owners: configuration.owners)
         self.rest = rest
         self.configuration = configuration
         self.logger = logger
@@ -127,9 +137,15 @@ public final class Responder: Service, Sendable {
         else { return }
         let bot = await self.botUserID()
         if let bot, event.authorID?.rawValue == bot { return }
-        guard let trigger = Trigger.detect(content: event.content ?? "", botUserID: bot, prefix: self.configuration.commandPrefix)
-        else { return }
-        guard self.isFresh(event) else { return }
+        let content = event.content ?? ""
+        var trigger = Trigger.detect(content: content, botUserID: bot, prefix: self.configuration.commandPrefix)
+        if trigger == nil {
+            // Unasked: in an auto-respond channel, or by chance; either way not more often than the cooldown.
+            guard self.isFresh(event), await self.speaksUnasked(event, messageID: messageID, channel: channel) else { return }
+            trigger = Trigger(kind: .mention, request: .sentence(seed: Tokenizer.tokens(content), debug: false))
+            self.counters.withLock { $0.unasked += 1 }
+        }
+        guard let trigger, self.isFresh(event) else { return }
         let marker = "\(ChainKeys(guild: event.guildID).prefix):answered:\(messageID)"
         do throws(any Error) {
             if try await self.log.redis.send(RedisCommand("EXISTS", .string(marker))).int == 1 {
@@ -164,12 +180,21 @@ public final class Responder: Service, Sendable {
             // Discord wants an answer within 3 s: reply at once when the sentence is ready in time, else say
             // "thinking" and edit the reply in when it is.
             let composer = self.composer
+            let commands = self.commands
             let guild = event.guildID
-            let generation = Task { () throws -> String in try await composer.reply(to: trigger.request, guild: guild) }
+            let ephemeral: Bool
+            if case .command = trigger.request { ephemeral = true } else { ephemeral = false }
+            let generation = Task { () throws -> String in
+                if case .command(let command) = trigger.request {
+                    return try await commands.run(command, interaction: interaction, guild: guild)
+                }
+                return try await composer.reply(to: trigger.request, guild: guild)
+            }
             let quick = await Self.result(of: generation, within: self.configuration.interactionDeferAfter)
             if let quick {
                 try await self.rest.interactionCallback(
-                    id: interaction.id.rawValue, token: interaction.token, .reply(try quick.get(), tts: trigger.tts)
+                    id: interaction.id.rawValue, token: interaction.token,
+                    .reply(try quick.get(), tts: trigger.tts, ephemeral: ephemeral)
                 )
             } else {
                 self.counters.withLock { $0.deferred += 1 }
@@ -186,6 +211,22 @@ public final class Responder: Service, Sendable {
         } catch {
             self.counters.withLock { $0.failures += 1 }
             self.logger.warning("interaction reply failed", metadata: ["guild": "\(event.guildID)", "interaction": "\(interaction.id)", "error": "\(error)"])
+        }
+    }
+
+    /// Whether to answer a message nobody asked about: an auto-respond channel, or the chance roll (decided by
+    /// the message id, so a redelivery decides the same), and the channel's cooldown is free.
+    private func speaksUnasked(_ event: ChainEvent, messageID: String, channel: Snowflake) async -> Bool {
+        do {
+            let auto = try await self.settings.isAutorespond(guild: event.guildID, channel: channel)
+            if !auto {
+                let chance = try await self.settings.chance(guild: event.guildID, channel: channel)
+                guard ResponseSettings.wins(messageID: messageID, partsPerMillion: chance) else { return false }
+            }
+            return try await self.settings.takeCooldown(guild: event.guildID, channel: channel, duration: self.configuration.cooldown)
+        } catch {
+            self.logger.warning("cannot read response settings", metadata: ["guild": "\(event.guildID)", "error": "\(error)"])
+            return false
         }
     }
 

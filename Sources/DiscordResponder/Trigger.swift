@@ -16,8 +16,34 @@ public struct Trigger: Sendable, Hashable {
         /// A sentence, starting from `seed` when the chain knows those words.
         case sentence(seed: [String], debug: Bool)
         case help
+        /// A settings command (admins only, except the user's own opt-out).
+        case command(SlashCommand)
         /// A command this responder does not handle yet.
         case unsupported(String)
+    }
+
+    /// The slash commands that change settings.
+    public enum SlashCommand: Sendable, Hashable {
+        public enum Action: String, Sendable, Hashable { case add, remove, list }
+        /// `/listen add|remove|list [channel]`: channels the guild learns from.
+        case listen(Action, channel: String?)
+        /// `/autorespond add|remove|list [channel]`: channels where every message is answered.
+        case autorespond(Action, channel: String?)
+        /// `/chance set percent [channel]`: the chance of answering unasked.
+        case chance(percent: Double, channel: String?)
+        /// `/forget-me`, `/remember-me`: the invoking user's opt-out.
+        case forgetMe, rememberMe
+        /// `/delete-data`: the guild's whole model.
+        case deleteData
+
+        /// Whether only admins (Administrator, Manage Guild or Manage Channels, or an owner) may use it.
+        public var needsAdmin: Bool {
+            switch self {
+            case .forgetMe, .rememberMe: false
+            case .listen(let action, _), .autorespond(let action, _): action != .list
+            case .chance, .deleteData: true
+            }
+        }
     }
 
     public var kind: Kind
@@ -53,7 +79,10 @@ public struct Trigger: Sendable, Hashable {
     /// The trigger of a slash command.
     public static func slash(_ interaction: Interaction) -> Trigger? {
         guard interaction.type == 2, let name = interaction.data?.name else { return nil }
-        let options = interaction.data?.options ?? []
+        var options = interaction.data?.options ?? []
+        // A subcommand (`/listen add channel:…`) carries its own options.
+        let subcommand = options.first { $0.type == 1 }
+        if let subcommand { options = subcommand.options ?? [] }
         func string(_ key: String) -> String? {
             if case .string(let value)? = options.first(where: { $0.name == key })?.value { return value }
             return nil
@@ -68,6 +97,28 @@ public struct Trigger: Sendable, Hashable {
                            tts: flag("tts"))
         case "help":
             return Trigger(kind: .slash, request: .help)
+        case "listen", "autorespond":
+            guard let action = subcommand.flatMap({ SlashCommand.Action(rawValue: $0.name) }) else {
+                return Trigger(kind: .slash, request: .unsupported(name))
+            }
+            let channel = string("channel") ?? interaction.channelID?.rawValue
+            return Trigger(kind: .slash, request: .command(
+                name == "listen" ? .listen(action, channel: channel) : .autorespond(action, channel: channel)
+            ))
+        case "chance":
+            let percent: Double
+            switch options.first(where: { $0.name == "percent" })?.value {
+            case .number(let value)?: percent = value
+            case .integer(let value)?: percent = Double(value)
+            default: return Trigger(kind: .slash, request: .unsupported(name))
+            }
+            return Trigger(kind: .slash, request: .command(.chance(percent: percent, channel: string("channel"))))
+        case "forget-me":
+            return Trigger(kind: .slash, request: .command(.forgetMe))
+        case "remember-me":
+            return Trigger(kind: .slash, request: .command(.rememberMe))
+        case "delete-data":
+            return Trigger(kind: .slash, request: .command(.deleteData))
         default:
             return Trigger(kind: .slash, request: .unsupported(name))
         }

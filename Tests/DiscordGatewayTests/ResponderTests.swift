@@ -19,7 +19,9 @@ extension GatewayIntegrationTests {
         static let base: UInt64 = (UInt64(Date().timeIntervalSince1970 * 1000) - 1_420_070_400_000) << 22
 
         /// Everything running: returns the services' group task and the responder.
-        func start(_ harness: GatewayHarness, _ fake: FakeDiscord) async throws -> (ServiceGroup, Task<Void, any Error>, Responder) {
+        func start(_ harness: GatewayHarness, _ fake: FakeDiscord, cooldown: Duration = .seconds(10)) async throws
+            -> (ServiceGroup, Task<Void, any Error>, Responder)
+        {
             let store = ChainStore(redis: harness.redis, stateSize: 2)
             try await store.prepare()
             try await store.setListening(true, channel: Snowflake(String(Self.channel))!, guild: Snowflake(String(Self.guild))!)
@@ -35,6 +37,7 @@ extension GatewayIntegrationTests {
             var configuration = Responder.Configuration(consumer: "test-responder")
             configuration.partitions = GatewayHarness.partitions
             configuration.block = .milliseconds(100)
+            configuration.cooldown = cooldown
             let responder = Responder(store: store, log: harness.log, rest: rest, configuration: configuration, logger: GatewayHarness.logger)
             let group = ServiceGroup(services: [gateway, trainer, responder], logger: GatewayHarness.logger)
             let task = Task { try await group.run() }
@@ -114,6 +117,86 @@ extension GatewayIntegrationTests {
             try await GatewayHarness.eventually("the third delivery") { responder.statistics.replies == 2 }
             #expect(fake.rest.messages.count == 1)
             #expect(fake.rest.requests.filter { $0.method == "POST" && $0.path.hasSuffix("/messages") }.count == 2)
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
+        /// Sends a slash command and returns the content of the interaction's reply.
+        func command(
+            _ fake: FakeDiscord, id: UInt64, name: String, options: String, permissions: String, user: UInt64 = 9
+        ) async throws -> String? {
+            let interaction = try fake.dispatchInteraction(
+                shard: 0, id: Self.base + id, guild: Self.guild, channel: Self.channel, user: user, name: name,
+                options: options, permissions: permissions
+            )
+            var reply: String?
+            try await GatewayHarness.eventually("the reply to /\(name)") {
+                let request = fake.rest.requests.first { $0.path.hasPrefix("/api/v10/interactions/\(interaction)/") }
+                reply = (request?.json?["data"] as? [String: Any])?["content"] as? String
+                if let data = request?.json?["data"] as? [String: Any] { #expect(data["flags"] as? Int == 64, "only the user sees it") }
+                return reply != nil
+            }
+            return reply
+        }
+
+        @Test("admin commands refuse non-admins; auto-respond answers every message within the cooldown; /forget-me purges and keeps the user out")
+        func settingsCommands() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let (group, task, responder) = try await self.start(harness, fake, cooldown: .seconds(2))
+            let store = ChainStore(redis: harness.redis, stateSize: 2)
+            let guild = Snowflake(String(Self.guild))!
+            let add = #"[{"name":"add","type":1,"options":[{"name":"channel","type":7,"value":"\#(Self.channel)"}]}]"#
+            let refused = try await self.command(fake, id: 40, name: "autorespond", options: add, permissions: "0")
+            #expect(refused?.contains("Only members with") == true)
+            #expect(try await ResponseSettings(redis: harness.redis).autorespondChannels(guild: guild).isEmpty)
+            // Manage Channels (1 << 4) is enough.
+            let accepted = try await self.command(fake, id: 41, name: "autorespond", options: add, permissions: "16")
+            #expect(accepted?.contains("answer every message") == true)
+            // Every human message in the channel is answered, but not more often than the cooldown.
+            for index in 0..<5 { _ = try self.message(fake, 50 + UInt64(index), "zebras enjoy quiet evenings \(index)") }
+            try await GatewayHarness.eventually("one unasked reply") { responder.statistics.unasked == 1 }
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(responder.statistics.unasked == 1, "the cooldown holds")
+            try await Task.sleep(for: .seconds(2))
+            _ = try self.message(fake, 60, "zebras again")
+            try await GatewayHarness.eventually("a second unasked reply after the cooldown") { responder.statistics.unasked == 2 }
+
+            // /forget-me purges the user's messages and keeps them out.
+            try await GatewayHarness.eventually("the messages to be learnt") { try await store.totals(guild: guild)["messages", default: 0] >= 6 }
+            let forgot = try await self.command(fake, id: 70, name: "forget-me", options: "[]", permissions: "0")
+            #expect(forgot?.hasPrefix("Forgot 6 of your messages") == true, "\(forgot ?? "")")
+            #expect(try await store.totals(guild: guild)["messages", default: 0] == 0)
+            #expect(try await store.optedOutUsers(guild: guild) == ["9"])
+            _ = try self.message(fake, 71, "zebras never learnt")
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await store.totals(guild: guild)["messages", default: 0] == 0)
+            let listed = try await self.command(fake, id: 72, name: "listen", options: #"[{"name":"list","type":1}]"#, permissions: "0")
+            #expect(listed?.contains("<#\(Self.channel)>") == true, "listing is open to everyone")
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
+        @Test("random chance answers about that share of messages, decided by the message id (the same for a redelivery)")
+        func randomChance() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake { $0.rest.messageBucketLimit = 100 }
+            let (group, task, responder) = try await self.start(harness, fake, cooldown: .zero)
+            let chance = #"[{"name":"set","type":1,"options":[{"name":"percent","type":10,"value":25}]}]"#
+            let set = try await self.command(fake, id: 80, name: "chance", options: chance, permissions: "8")
+            #expect(set?.contains("25.0%") == true, "\(set ?? "")")
+            let count = 400
+            var winners = 0
+            for index in 0..<count {
+                let id = try self.message(fake, 100 + UInt64(index), "just talking \(index)")
+                if ResponseSettings.wins(messageID: id, partsPerMillion: 250_000) { winners += 1 }
+            }
+            // 25 % of 400: mean 100, standard deviation about 8.7.
+            #expect((65...135).contains(winners), "\(winners)")
+            try await GatewayHarness.eventually("the unasked replies") { responder.statistics.unasked == winners }
+            try await GatewayHarness.eventually("their messages") { fake.rest.messages.count == winners }
             await group.triggerGracefulShutdown()
             try await task.value
             await fake.stop()

@@ -1,0 +1,64 @@
+import DiscordProtocol
+import MarkovChains
+import MarkovCore
+import Redis
+
+/// Carries out the settings slash commands, with the permission check: admin commands need Administrator,
+/// Manage Guild or Manage Channels in the invoking member's permissions, or the user among the owners.
+struct SettingsCommands: Sendable {
+    let store: ChainStore
+    let settings: ResponseSettings
+    let owners: Set<String>
+
+    /// ADMINISTRATOR (1 << 3), MANAGE_CHANNELS (1 << 4), MANAGE_GUILD (1 << 5).
+    static let adminPermissions: UInt64 = (1 << 3) | (1 << 4) | (1 << 5)
+
+    func isAdmin(_ interaction: Interaction) -> Bool {
+        if let user = interaction.member?.user?.id ?? interaction.user?.id, self.owners.contains(user.rawValue) { return true }
+        let permissions = interaction.member?.permissions.flatMap { UInt64($0) } ?? 0
+        return permissions & Self.adminPermissions != 0
+    }
+
+    /// The reply to a command (shown only to the invoking user).
+    func run(_ command: Trigger.SlashCommand, interaction: Interaction, guild: Snowflake) async throws(RedisError) -> String {
+        if command.needsAdmin, !self.isAdmin(interaction) {
+            return "Only members with Administrator, Manage Server or Manage Channels can do that."
+        }
+        func mention(_ channel: String) -> String { "<#\(channel)>" }
+        func list(_ channels: [String]) -> String { channels.map(mention).joined(separator: ", ") }
+        switch command {
+        case .listen(let action, let channel):
+            if action == .list || channel == nil {
+                let channels = try await self.store.listenChannels(guild: guild)
+                return channels.isEmpty ? "I am not learning in any channel yet: `/listen add`." : "Learning in \(list(channels))."
+            }
+            guard let channel, let id = Snowflake(channel) else { return "That is not a channel." }
+            try await self.store.setListening(action == .add, channel: id, guild: guild)
+            return action == .add ? "I'll learn from \(mention(channel)) from now on." : "I no longer learn from \(mention(channel))."
+        case .autorespond(let action, let channel):
+            if action == .list || channel == nil {
+                let channels = try await self.settings.autorespondChannels(guild: guild)
+                return channels.isEmpty ? "No auto-respond channels." : "Answering every message in \(list(channels))."
+            }
+            guard let channel, let id = Snowflake(channel) else { return "That is not a channel." }
+            try await self.settings.setAutorespond(action == .add, guild: guild, channel: id)
+            return action == .add ? "I'll answer every message in \(mention(channel))." : "I stopped answering every message in \(mention(channel))."
+        case .chance(let percent, let channel):
+            guard (0...100).contains(percent) else { return "The chance is a percentage from 0 to 100." }
+            let id = channel.flatMap { Snowflake($0) }
+            try await self.settings.setChance(Int((percent * 10_000).rounded()), guild: guild, channel: id)
+            return "I'll answer \(percent)% of messages unasked \(id.map { "in \(mention($0.rawValue))" } ?? "in this server")."
+        case .forgetMe:
+            guard let user = interaction.member?.user?.id ?? interaction.user?.id else { return "I cannot tell who you are." }
+            let forgotten = try await self.store.forgetUser(user, guild: guild)
+            return "Forgot \(forgotten) of your messages; I won't learn from you again. `/remember-me` lets me learn your new messages."
+        case .rememberMe:
+            guard let user = interaction.member?.user?.id ?? interaction.user?.id else { return "I cannot tell who you are." }
+            try await self.store.rememberUser(user, guild: guild)
+            return "I'll learn from your new messages again (what I forgot stays forgotten)."
+        case .deleteData:
+            let keys = try await self.store.deleteGuild(guild)
+            return "Deleted this server's model (\(keys) keys). I start learning from scratch."
+        }
+    }
+}
