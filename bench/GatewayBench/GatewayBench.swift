@@ -19,8 +19,16 @@ struct GatewayBench: AsyncParsableCommand {
     @Option(help: "Shards held by the one gateway process.") var shards = 4
     @Option(help: "Forced disconnects to time.") var resumes = 100
     @Flag(help: "Ask for zlib-stream compression.") var compress = false
+    @Option(help: "gateway: events/s and resumes; replies: trigger-to-REST latency through gateway, stream and responder.")
+    var mode = "gateway"
+    @Option(help: "Triggers per second (replies mode).") var rate = 1000
+    @Option(help: "Triggers to send (replies mode).") var triggers = 5000
 
     func run() async throws {
+        if self.mode == "replies" {
+            try await self.replies()
+            return
+        }
         var logger = Logger(label: "gateway-bench")
         logger.logLevel = .critical
         let redis = RedisClient(configuration: try RedisConfiguration(url: self.url), logger: logger)
@@ -105,6 +113,103 @@ struct GatewayBench: AsyncParsableCommand {
                      percentile(0.99), latencies.last ?? 0))
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
+        await fake.stop()
+    }
+
+    /// Starts a `markov` role in its own process.
+    func spawn(_ arguments: [String], fake: FakeDiscord, extra: [String: String] = [:]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: self.markov)
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["REDIS_URL"] = self.url
+        environment["DISCORD_TOKEN"] = fake.configuration.token
+        environment["DISCORD_API_URL"] = fake.apiURL
+        environment["MARKOV_PARTITIONS"] = "16"
+        environment["LOG_LEVEL"] = "error"
+        environment.merge(extra) { $1 }
+        process.environment = environment
+        try process.run()
+        return process
+    }
+
+    /// Reply latency: `!mark` triggers at a steady rate over many channels, from the fake's dispatch to the
+    /// fake receiving the reply's REST request (one clock: the fake's), through a gateway, the stream and a
+    /// responder process (with a trainer having learnt the guild first).
+    func replies() async throws {
+        var logger = Logger(label: "gateway-bench")
+        logger.logLevel = .critical
+        let redis = RedisClient(configuration: try RedisConfiguration(url: self.url), logger: logger)
+        defer { redis.shutdown() }
+        try await redis.send("FLUSHDB")
+        var configuration = FakeDiscord.Configuration()
+        configuration.rest.globalLimit = 1_000_000
+        configuration.rest.messageBucketLimit = 1_000_000
+        let fake = FakeDiscord(configuration: configuration, logger: logger)
+        try await fake.start()
+        let guild: UInt64 = 1_000 << 22
+        let channels = 200
+        for channel in 0..<channels {
+            try await redis.send("SADD", .string("{g:\(guild)}:listen"), .string(String(10_000 + channel)))
+        }
+        let gateway = try self.spawn(["gateway", "--shard-count", "1"], fake: fake)
+        let trainer = try self.spawn(["trainer"], fake: fake)
+        let responder = try self.spawn(["responder"], fake: fake, extra: ["DISCORD_GLOBAL_LIMIT": "1000000"])
+        defer {
+            for process in [gateway, trainer, responder] where process.isRunning {
+                kill(process.processIdentifier, SIGTERM)
+                process.waitUntilExit()
+            }
+        }
+        try await fake.waitForShards([0])
+        // Recent snowflakes: older triggers are not answered.
+        let base = (UInt64(Date().timeIntervalSince1970 * 1000) - 1_420_070_400_000) << 22
+        // Something to say: 5,000 messages learnt first.
+        let words = ["hello", "there", "general", "kenobi", "what", "a", "day", "to", "be", "alive", "lol", "ok"]
+        for index in 0..<5_000 {
+            let text = (0..<(3 + index % 9)).map { words[($0 * 5 + index) % words.count] }.joined(separator: " ")
+            try fake.dispatch(shard: 0, event: "MESSAGE_CREATE", json: FakeDiscord.messageJSON(
+                id: 1_600_000_000_000_000_000 + UInt64(index), channel: UInt64(10_000 + index % channels), guild: guild,
+                author: 9, content: text))
+        }
+        while try await redis.send("HGET", .string("{g:\(guild)}:meta"), "messages").string.flatMap({ Int($0) }) ?? 0 < 5_000 {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        // Triggers at a steady rate.
+        var sent: [String: ContinuousClock.Instant] = [:]
+        let start = ContinuousClock.now
+        let interval = Duration.seconds(1) / self.rate
+        for index in 0..<self.triggers {
+            let due = start + interval * index
+            if due > .now { try await Task.sleep(until: due, clock: .continuous) }
+            let id = base + UInt64(index)
+            let json = FakeDiscord.messageJSON(id: id, channel: UInt64(10_000 + index % channels), guild: guild, author: 9,
+                                               content: "!mark hello")
+            sent[String(id)] = .now
+            try fake.dispatch(shard: 0, event: "MESSAGE_CREATE", json: json)
+        }
+        let sendSeconds = Double((ContinuousClock.now - start).components.seconds)
+            + Double((ContinuousClock.now - start).components.attoseconds) / 1e18
+        let deadline = ContinuousClock.now + .seconds(120)
+        while fake.rest.messages.count < self.triggers, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        var latencies: [Double] = []
+        for request in fake.rest.requests where request.method == "POST" && request.path.hasSuffix("/messages") {
+            guard let nonce = request.json?["nonce"] as? String, let at = sent[nonce] else { continue }
+            let took = request.at - at
+            latencies.append(Double(took.components.seconds) * 1e3 + Double(took.components.attoseconds) / 1e15)
+        }
+        let elapsed = ContinuousClock.now - start
+        latencies.sort()
+        func percentile(_ p: Double) -> Double {
+            latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))]
+        }
+        let replied = fake.rest.messages.count
+        print(String(format: "replies triggers=%d replied=%d offered_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f max_ms=%.2f replies_per_sec=%.0f",
+                     self.triggers, replied, Double(self.triggers) / sendSeconds, percentile(0.5), percentile(0.99),
+                     latencies.last ?? 0,
+                     Double(replied) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)))
         await fake.stop()
     }
 

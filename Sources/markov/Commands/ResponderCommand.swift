@@ -16,11 +16,12 @@ struct Responder: AsyncParsableCommand {
     @OptionGroup var options: GlobalOptions
 
     @Option(help: "Seconds after which a trigger is too old to answer (after an outage).") var maxAge = 300
+    @Option(help: "Seconds the bot stays quiet in a channel after speaking there unasked.") var cooldown = 10
 
     func run() async throws {
         LoggingSetup.once
         let context = try await RoleContext(options: self.options, label: "markov.responder")
-        let responder = try Self.makeResponder(context: context, maxAge: self.maxAge)
+        let responder = try Self.makeResponder(context: context, maxAge: self.maxAge, cooldown: self.cooldown)
         let group = ServiceGroup(
             configuration: .init(
                 services: [
@@ -41,15 +42,19 @@ struct Responder: AsyncParsableCommand {
             throw ValidationError("DISCORD_TOKEN is not set: this role needs the bot token")
         }
         var rest = DiscordRESTClient(apiURL: context.configuration.discordAPIURL, token: token, logger: context.logger)
-        rest.rateLimits = SharedRateLimits(redis: context.redis)
+        var limits = SharedRateLimits(redis: context.redis)
+        limits.globalLimit = context.configuration.discordGlobalLimit
+        rest.rateLimits = limits
         return rest
     }
 
-    static func makeResponder(context: RoleContext, maxAge: Int = 300) throws -> DiscordResponder.Responder {
+    static func makeResponder(context: RoleContext, maxAge: Int = 300, cooldown: Int = 10) throws -> DiscordResponder.Responder {
         var configuration = DiscordResponder.Responder.Configuration(consumer: RoleContext.consumerName(role: "responder"))
         configuration.partitions = context.configuration.partitions
         configuration.commandPrefix = context.configuration.commandPrefix
         configuration.maxAge = .seconds(maxAge)
+        configuration.cooldown = .seconds(cooldown)
+        configuration.owners = context.configuration.ownerIDs
         return DiscordResponder.Responder(
             store: context.store, log: context.log, rest: try Self.restClient(context: context),
             configuration: configuration, logger: context.logger
@@ -68,13 +73,29 @@ struct RegisterCommands: AsyncParsableCommand {
     @Option(help: "Install in this guild only (takes effect at once; global commands can take a while).") var guild: String?
     @Option(help: "The application id (default: the one the gateway recorded at READY).") var application: String?
 
-    /// The command set: `/mark` and `/help`.
+    /// The command set. Admin commands carry `default_member_permissions` (Manage Channels) so Discord hides
+    /// them from others; the responder checks the permissions again.
     static let commands = #"""
         [{"name":"mark","type":1,"description":"Say something in this server's voice",
           "options":[{"name":"seed","type":3,"description":"Words to start from","required":false},
                      {"name":"debug","type":5,"description":"Show each word's probability","required":false},
                      {"name":"tts","type":5,"description":"Read it aloud","required":false}]},
-         {"name":"help","type":1,"description":"What markov does and how to ask it"}]
+         {"name":"help","type":1,"description":"What markov does and how to ask it"},
+         {"name":"listen","type":1,"description":"Channels markov learns from","default_member_permissions":"16",
+          "options":[{"name":"add","type":1,"description":"Learn from a channel","options":[{"name":"channel","type":7,"description":"The channel","required":false}]},
+                     {"name":"remove","type":1,"description":"Stop learning from a channel","options":[{"name":"channel","type":7,"description":"The channel","required":false}]},
+                     {"name":"list","type":1,"description":"Where markov learns"}]},
+         {"name":"autorespond","type":1,"description":"Channels where markov answers every message","default_member_permissions":"16",
+          "options":[{"name":"add","type":1,"description":"Answer every message in a channel","options":[{"name":"channel","type":7,"description":"The channel","required":false}]},
+                     {"name":"remove","type":1,"description":"Stop answering every message","options":[{"name":"channel","type":7,"description":"The channel","required":false}]},
+                     {"name":"list","type":1,"description":"Where markov answers every message"}]},
+         {"name":"chance","type":1,"description":"How often markov speaks unasked","default_member_permissions":"16",
+          "options":[{"name":"set","type":1,"description":"Set the chance","options":[
+                       {"name":"percent","type":10,"description":"0 to 100; fractions allowed","required":true,"min_value":0,"max_value":100},
+                       {"name":"channel","type":7,"description":"Only in this channel","required":false}]}]},
+         {"name":"forget-me","type":1,"description":"Forget my messages and never learn from me again"},
+         {"name":"remember-me","type":1,"description":"Learn from my new messages again"},
+         {"name":"delete-data","type":1,"description":"Delete this server's whole model","default_member_permissions":"32"}]
         """#
 
     func run() async throws {
@@ -91,6 +112,6 @@ struct RegisterCommands: AsyncParsableCommand {
         }
         let rest = try Responder.restClient(context: context)
         try await rest.putCommands(application: application, guild: self.guild, json: Array(Self.commands.utf8))
-        print("installed /mark and /help \(self.guild.map { "in guild \($0)" } ?? "globally") for application \(application)")
+        print("installed the slash commands \(self.guild.map { "in guild \($0)" } ?? "globally") for application \(application)")
     }
 }

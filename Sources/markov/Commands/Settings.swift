@@ -1,4 +1,5 @@
 import ArgumentParser
+import DiscordResponder
 import MarkovChains
 import MarkovCore
 import Redis
@@ -13,6 +14,10 @@ struct Settings: AsyncParsableCommand {
     @Option(help: "Enable learning in a channel (repeatable).") var listen: [String] = []
     @Option(help: "Disable learning in a channel (repeatable).") var unlisten: [String] = []
     @Option(help: "Let an opted-out user's new messages be learnt again (repeatable).") var rememberUser: [String] = []
+    @Option(help: "Answer every human message in a channel (repeatable).") var autorespond: [String] = []
+    @Option(help: "Stop answering every message in a channel (repeatable).") var noAutorespond: [String] = []
+    @Option(help: "The chance, in percent (fractions allowed), of answering a message unasked in the guild.")
+    var chance: Double?
 
     func run() async throws {
         LoggingSetup.once
@@ -22,8 +27,18 @@ struct Settings: AsyncParsableCommand {
         for channel in self.listen { try await context.store.setListening(true, channel: try snowflake(channel, "--listen"), guild: guild) }
         for channel in self.unlisten { try await context.store.setListening(false, channel: try snowflake(channel, "--unlisten"), guild: guild) }
         for user in self.rememberUser { try await context.store.rememberUser(try snowflake(user, "--remember-user"), guild: guild) }
+        let responses = ResponseSettings(redis: context.redis)
+        for channel in self.autorespond { try await responses.setAutorespond(true, guild: guild, channel: try snowflake(channel, "--autorespond")) }
+        for channel in self.noAutorespond { try await responses.setAutorespond(false, guild: guild, channel: try snowflake(channel, "--no-autorespond")) }
+        if let chance {
+            guard (0...100).contains(chance) else { throw ValidationError("--chance is a percentage from 0 to 100") }
+            try await responses.setChance(Int((chance * 10_000).rounded()), guild: guild, channel: nil)
+        }
         print("guild \(guild)")
         print("  learning in channels: \(try await context.store.listenChannels(guild: guild).joined(separator: ", "))")
         print("  opted-out users: \(try await context.store.optedOutUsers(guild: guild).joined(separator: ", "))")
+        print("  auto-respond channels: \(try await responses.autorespondChannels(guild: guild).joined(separator: ", "))")
+        let chances = try await responses.chances(guild: guild).sorted { $0.key < $1.key }
+        print("  chance to answer unasked: " + chances.map { "\($0.key == "guild" ? "guild" : "channel \($0.key)") \(Double($0.value) / 10_000)%" }.joined(separator: ", "))
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Configuration
 import Logging
 import Redis
@@ -14,6 +15,8 @@ import Redis
 /// | `discord.gateway.url` | `DISCORD_GATEWAY_URL` | string | from `GET /gateway/bot` |
 /// | `markov.partitions` | `MARKOV_PARTITIONS` | int ≥ 1; every process must agree | 16 |
 /// | `markov.prefix` | `MARKOV_PREFIX` | string: the command prefix | `!mark` |
+/// | `discord.global.limit` | `DISCORD_GLOBAL_LIMIT` | REST requests per second per token (Discord: 50, more by arrangement) | 50 |
+/// | `owner.ids` | `OWNER_IDS` | comma-separated user ids allowed every admin command | none |
 /// | `log.level` | `LOG_LEVEL` | string | `info` |
 struct MarkovConfiguration: Sendable {
     /// How to reach Redis.
@@ -32,6 +35,10 @@ struct MarkovConfiguration: Sendable {
     var discordAPIURL: String
     /// A gateway URL that overrides discovery.
     var discordGatewayURL: String?
+    /// REST requests per second per token.
+    var discordGlobalLimit: Int
+    /// Users allowed every admin command.
+    var ownerIDs: Set<String>
     /// The log level.
     var logLevel: Logger.Level
 
@@ -64,6 +71,11 @@ struct MarkovConfiguration: Sendable {
         self.discordToken = config.string(forKey: "discord.token", isSecret: true)
         self.discordAPIURL = config.string(forKey: "discord.api.url", default: "https://discord.com/api/v10")
         self.discordGatewayURL = config.string(forKey: "discord.gateway.url")
+        self.discordGlobalLimit = config.int(forKey: "discord.global.limit", default: 50)
+        guard self.discordGlobalLimit > 0 else { throw ConfigurationError("DISCORD_GLOBAL_LIMIT must be positive") }
+        self.ownerIDs = Set((config.string(forKey: "owner.ids") ?? "").split(separator: ",").map {
+            String($0.trimmingCharacters(in: .whitespaces))
+        }.filter { !$0.isEmpty })
         let level = config.string(forKey: "log.level", default: "info")
         guard let logLevel = Logger.Level(rawValue: level.lowercased()) else {
             throw ConfigurationError("LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical")
