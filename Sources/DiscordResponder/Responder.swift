@@ -232,7 +232,8 @@ public final class Responder: Service, Sendable {
 
     /// The value of `task` if it finishes within `limit`.
     private static func result(of task: Task<String, any Error>, within limit: Duration) async -> Result<String, any Error>? {
-        await withTaskGroup(of: Result<String, any Error>?.self) { group in
+        guard limit > .zero else { return nil }
+        return await withTaskGroup(of: Result<String, any Error>?.self) { group in
             group.addTask { await task.result }
             group.addTask {
                 try? await Task.sleep(for: limit)

@@ -19,9 +19,10 @@ extension GatewayIntegrationTests {
         static let base: UInt64 = (UInt64(Date().timeIntervalSince1970 * 1000) - 1_420_070_400_000) << 22
 
         /// Everything running: returns the services' group task and the responder.
-        func start(_ harness: GatewayHarness, _ fake: FakeDiscord, cooldown: Duration = .seconds(10)) async throws
-            -> (ServiceGroup, Task<Void, any Error>, Responder)
-        {
+        func start(
+            _ harness: GatewayHarness, _ fake: FakeDiscord, cooldown: Duration = .seconds(10),
+            deferAfter: Duration = .milliseconds(2000)
+        ) async throws -> (ServiceGroup, Task<Void, any Error>, Responder) {
             let store = ChainStore(redis: harness.redis, stateSize: 2)
             try await store.prepare()
             try await store.setListening(true, channel: Snowflake(String(Self.channel))!, guild: Snowflake(String(Self.guild))!)
@@ -38,6 +39,7 @@ extension GatewayIntegrationTests {
             configuration.partitions = GatewayHarness.partitions
             configuration.block = .milliseconds(100)
             configuration.cooldown = cooldown
+            configuration.interactionDeferAfter = deferAfter
             let responder = Responder(store: store, log: harness.log, rest: rest, configuration: configuration, logger: GatewayHarness.logger)
             let group = ServiceGroup(services: [gateway, trainer, responder], logger: GatewayHarness.logger)
             let task = Task { try await group.run() }
@@ -197,6 +199,31 @@ extension GatewayIntegrationTests {
             #expect((65...135).contains(winners), "\(winners)")
             try await GatewayHarness.eventually("the unasked replies") { responder.statistics.unasked == winners }
             try await GatewayHarness.eventually("their messages") { fake.rest.messages.count == winners }
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
+        @Test("a slow answer is deferred, then edited into @original; a callback after the deadline fails with 10062")
+        func deferredAndLate() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            // Deferring after zero time: every interaction takes the slow path.
+            let (group, task, responder) = try await self.start(harness, fake, deferAfter: .zero)
+            let id = try fake.dispatchInteraction(shard: 0, id: Self.base + 90, guild: Self.guild, channel: Self.channel, user: 9, name: "mark")
+            try await GatewayHarness.eventually("the deferred reply and its edit") { responder.statistics.replies == 1 }
+            let requests = fake.rest.requests
+            let callback = try #require(requests.first { $0.path.hasPrefix("/api/v10/interactions/\(id)/") })
+            #expect(callback.json?["type"] as? Int == 5)
+            let edit = try #require(requests.first { $0.method == "PATCH" })
+            #expect(edit.path == "/api/v10/webhooks/\(fake.configuration.applicationID)/itoken-\(id)/messages/@original")
+            #expect((edit.json?["content"] as? String)?.isEmpty == false)
+            #expect(responder.statistics.deferred == 1)
+            // Discord's 3 s are over before the responder gets to it: 10062, a failure, nothing else sent.
+            fake.rest.configure { $0.interactionDeadline = .zero }
+            _ = try fake.dispatchInteraction(shard: 0, id: Self.base + 91, guild: Self.guild, channel: Self.channel, user: 9, name: "mark")
+            try await GatewayHarness.eventually("the late callback to fail") { responder.statistics.failures == 1 }
+            #expect(fake.rest.requests.filter { $0.method == "PATCH" }.count == 1)
             await group.triggerGracefulShutdown()
             try await task.value
             await fake.stop()
