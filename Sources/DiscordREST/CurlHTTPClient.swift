@@ -40,7 +40,7 @@ public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
     public var description: String
 }
 
-/// HTTP over libcurl, the one door to it. Requests run on NIO's blocking thread pool, never on Swift's
+/// HTTP over libcurl, the one door to it. Requests run on a pool of blocking threads, never on Swift's
 /// cooperative pool; easy handles are pooled, so connections (and TLS sessions) are reused.
 public final class CurlHTTPClient: Sendable {
     private let handles = Mutex<[EasyHandle]>([])
@@ -48,8 +48,16 @@ public final class CurlHTTPClient: Sendable {
 
     private static let globalInit: Void = { curl_global_init(Int(CURL_GLOBAL_ALL)) }()
 
-    /// A client that runs requests on `threadPool` (NIO's shared blocking pool by default).
-    public init(threadPool: NIOThreadPool = .singleton) {
+    /// The blocking threads requests run on by default: each request holds one for its whole exchange, so
+    /// there are enough for many replies in flight (NIO's shared pool has one per core).
+    public static let sharedThreadPool: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 32)
+        pool.start()
+        return pool
+    }()
+
+    /// A client that runs requests on `threadPool`.
+    public init(threadPool: NIOThreadPool = CurlHTTPClient.sharedThreadPool) {
         _ = Self.globalInit
         self.threadPool = threadPool
     }

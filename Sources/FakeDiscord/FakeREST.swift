@@ -77,6 +77,8 @@ public final class FakeREST: Sendable {
     // MARK: - For tests
 
     public var messages: [Message] { self.state.withLockedValue { $0.messages } }
+    /// How many messages were posted (cheap to poll, unlike ``messages``).
+    public var messageCount: Int { self.state.withLockedValue { $0.messages.count } }
     public var requests: [Request] { self.state.withLockedValue { $0.requests } }
     /// 429 answers served.
     public var rateLimitedCount: Int { self.state.withLockedValue { $0.requests.filter { $0.status == 429 }.count } }

@@ -191,7 +191,7 @@ struct GatewayBench: AsyncParsableCommand {
         let sendSeconds = Double((ContinuousClock.now - start).components.seconds)
             + Double((ContinuousClock.now - start).components.attoseconds) / 1e18
         let deadline = ContinuousClock.now + .seconds(120)
-        while fake.rest.messages.count < self.triggers, ContinuousClock.now < deadline {
+        while fake.rest.messageCount < self.triggers, ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))
         }
         var latencies: [Double] = []
@@ -205,7 +205,7 @@ struct GatewayBench: AsyncParsableCommand {
         func percentile(_ p: Double) -> Double {
             latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))]
         }
-        let replied = fake.rest.messages.count
+        let replied = fake.rest.messageCount
         print(String(format: "replies triggers=%d replied=%d offered_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f max_ms=%.2f replies_per_sec=%.0f",
                      self.triggers, replied, Double(self.triggers) / sendSeconds, percentile(0.5), percentile(0.99),
                      latencies.last ?? 0,
