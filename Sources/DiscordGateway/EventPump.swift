@@ -1,3 +1,4 @@
+import CoreMetrics
 import DiscordProtocol
 import Logging
 import MarkovChains
@@ -128,6 +129,8 @@ final class EventPump: Sendable {
                 $0.appended += pending.count - failed.count
                 $0.appendFailures += failed.count
             }
+            GatewayMetrics.appended.increment(by: pending.count - failed.count)
+            if !failed.isEmpty { GatewayMetrics.appendFailures.increment(by: failed.count) }
             pending = failed
             guard let lastError else { break }
             attempt += 1

@@ -1,3 +1,4 @@
+import CoreMetrics
 import DiscordProtocol
 import DiscordREST
 import Logging
@@ -71,6 +72,12 @@ public final class GatewayService: Service, Sendable {
         self.store = GatewayStore(redis: log.redis)
         self.logger = logger
         self.pump = EventPump(log: log, store: self.store, logger: logger)
+    }
+
+    /// Shards whose connection is identified or resumed, and the shards this process holds (for `/ready`).
+    public var readiness: (ready: Int, total: Int) {
+        let runners = self.runners.withLock { $0 }
+        return (runners.filter(\.isReady).count, runners.count)
     }
 
     public var statistics: Statistics {
@@ -171,6 +178,7 @@ public final class GatewayService: Service, Sendable {
             shardCount = shardCount ?? bot.shards
             maxConcurrency = bot.sessionStartLimit.maxConcurrency
             try await self.store.saveLimits(bot.sessionStartLimit)
+            GatewayMetrics.identifiesLeft.record(bot.sessionStartLimit.remaining)
             self.logger.info(
                 "discovered the gateway",
                 metadata: ["identifies_left": "\(bot.sessionStartLimit.remaining)",

@@ -1,6 +1,7 @@
 import DiscordProtocol
 import Foundation
 import Logging
+import CoreMetrics
 import NIOCore
 import NIOWebSocket
 import Synchronization
@@ -49,6 +50,10 @@ final class ShardRunner: Sendable {
     private let connection = Mutex<Task<WebSocketCloseFrame?, any Error>?>(nil)
     private let stopping = Atomic<Bool>(false)
     private let counters = Mutex(Statistics())
+    private let live = Atomic<Bool>(false)
+
+    /// Whether the shard's current connection is identified or resumed.
+    var isReady: Bool { self.live.load(ordering: .relaxed) }
 
     init(shard: ShardID, session: GatewaySession?, settings: Settings, pump: EventPump, store: GatewayStore,
          logger: Logger) {
@@ -87,6 +92,7 @@ final class ShardRunner: Sendable {
                 guard acquired else { break }
             }
             let closeCode = await self.connectOnce(url: url ?? self.settings.gatewayURL)
+            self.live.store(false, ordering: .relaxed)
             let reachedReady = self.counters.withLock { state in
                 defer { state.ready = false }
                 return state.ready
@@ -131,6 +137,7 @@ final class ShardRunner: Sendable {
         fullURL += "/?v=10&encoding=json"
         if self.settings.compress { fullURL += "&compress=zlib-stream" }
         self.counters.withLock { $0.connects += 1 }
+        GatewayMetrics.connects.increment()
         let configuration = WebSocketClientConfiguration(
             maxFrameSize: self.settings.maxMessageSize, closeTimeout: .seconds(2)
         )
@@ -181,6 +188,8 @@ final class ShardRunner: Sendable {
                             bytes = Data(inflated.readableBytesView)
                         } catch let error as ZlibStreamInflater.Oversized {
                             self.counters.withLock { $0.skippedFrames += 1 }
+                    GatewayMetrics.skipped.increment()
+                            GatewayMetrics.skipped.increment()
                             self.logger.warning("skipping an oversized payload", metadata: ["error": "\(error)"])
                             continue
                         } catch {
@@ -200,6 +209,7 @@ final class ShardRunner: Sendable {
                     frame = try GatewayFrame.decode(bytes)
                 } catch {
                     self.counters.withLock { $0.skippedFrames += 1 }
+                    GatewayMetrics.skipped.increment()
                     self.logger.warning(
                         "skipping a payload that cannot be decoded",
                         metadata: ["bytes": "\(bytes.count)", "error": "\(error)",
@@ -233,6 +243,7 @@ final class ShardRunner: Sendable {
                 heartbeat = interval
             case .identify:
                 self.counters.withLock { $0.identifies += 1 }
+                GatewayMetrics.identifies.increment()
                 // The slot was taken before connecting; restart its interval now, at the real identify.
                 try? await self.store.markIdentify(
                     maxConcurrency: self.settings.maxConcurrency,
@@ -246,28 +257,36 @@ final class ShardRunner: Sendable {
                 )
                 let left: Int?? = try? await self.store.countIdentify()
                 let leftText = left.flatMap { $0 }.map(String.init) ?? "unknown"
+                if let count = left.flatMap({ $0 }) { GatewayMetrics.identifiesLeft.record(count) }
                 self.logger.info("identified", metadata: ["identifies_left": "\(leftText)"])
             case .resume(let sessionID, let sequence):
                 self.counters.withLock { $0.resumes += 1 }
+                GatewayMetrics.resumes.increment()
                 await self.send(.resume(token: self.settings.token, sessionID: sessionID, sequence: sequence), outbound: outbound)
                 self.logger.info("resuming", metadata: ["seq": "\(sequence)"])
             case .sendHeartbeat(let sequence):
                 await self.send(.heartbeat(sequence: sequence), outbound: outbound)
             case .sessionStarted(let ready):
                 self.counters.withLock { $0.ready = true }
+                self.live.store(true, ordering: .relaxed)
                 self.logger.info("ready", metadata: ["bot_user": "\(ready.user.id)"])
                 do { try await self.store.saveBotUser(ready) } catch {
                     self.logger.warning("cannot record the bot user", metadata: ["error": "\(error)"])
                 }
             case .resumed:
                 self.counters.withLock { $0.ready = true }
+                self.live.store(true, ordering: .relaxed)
                 self.logger.info("resumed")
             case .dispatch(let frame):
                 self.counters.withLock { $0.dispatches += 1 }
+                GatewayMetrics.dispatches.increment()
                 let checkpoint = self.machine.withLock { $0.checkpoint }
                 self.pump.submit(shard: self.shard.id, event: frame.chainEvent(shard: self.shard.id), checkpoint: checkpoint)
             case .close(let code, let reason):
-                if reason.hasPrefix("zombie") { self.counters.withLock { $0.zombies += 1 } }
+                if reason.hasPrefix("zombie") {
+                    self.counters.withLock { $0.zombies += 1 }
+                    GatewayMetrics.zombies.increment()
+                }
                 self.logger.info("closing the connection", metadata: ["code": "\(code)", "reason": "\(reason)"])
                 try? await outbound.close(.unknown(UInt16(code)), reason: reason)
                 // A server that never answers the close (a zombie, say) must not hold the shard: the connection
@@ -319,4 +338,17 @@ public struct GatewayShardError: Error, Sendable, CustomStringConvertible {
     public var shard: ShardID
     public var reason: String
     public var description: String { "shard \(self.shard) stopped: \(self.reason)" }
+}
+
+/// The gateway's metrics (swift-metrics; Prometheus when the process bootstraps it).
+enum GatewayMetrics {
+    static let connects = Counter(label: "markov_gateway_connects_total")
+    static let identifies = Counter(label: "markov_gateway_identifies_total")
+    static let resumes = Counter(label: "markov_gateway_resumes_total")
+    static let dispatches = Counter(label: "markov_gateway_dispatches_total")
+    static let skipped = Counter(label: "markov_gateway_skipped_payloads_total")
+    static let zombies = Counter(label: "markov_gateway_zombies_total")
+    static let appended = Counter(label: "markov_gateway_events_appended_total")
+    static let appendFailures = Counter(label: "markov_gateway_append_failures_total")
+    static let identifiesLeft = Gauge(label: "markov_gateway_identifies_left")
 }

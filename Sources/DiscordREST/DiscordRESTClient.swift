@@ -1,6 +1,7 @@
 import DiscordProtocol
 import Foundation
 import Logging
+import CoreMetrics
 import Redis
 import Synchronization
 
@@ -177,10 +178,15 @@ public final class RESTCounters: Sendable {
 
     public var snapshot: Snapshot { self.state.withLock { $0 } }
 
-    func count(status: Int) { self.state.withLock { $0.byStatus[status, default: 0] += 1 } }
+    func count(status: Int) {
+        self.state.withLock { $0.byStatus[status, default: 0] += 1 }
+        Counter(label: "markov_rest_requests_total", dimensions: [("status", "\(status)")]).increment()
+        if status == 429 { Counter(label: "markov_rest_rate_limited_total").increment() }
+    }
 
     func waited(_ duration: Duration) {
         let milliseconds = Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
         self.state.withLock { $0.waitedMilliseconds += milliseconds }
+        Counter(label: "markov_rest_bucket_wait_milliseconds_total").increment(by: milliseconds)
     }
 }

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import MarkovChains
 import MarkovCore
+import CoreMetrics
 import Redis
 import ServiceLifecycle
 import Synchronization
@@ -70,8 +71,14 @@ public final class Responder: Service, Sendable {
 
     public var statistics: Statistics { self.counters.withLock { $0 } }
 
+    /// Whether the consumer group is joined (for `/ready`).
+    public var isRunning: Bool { self.running.load(ordering: .relaxed) }
+    private let running = Atomic<Bool>(false)
+
     public func run() async throws {
         try await self.log.ensureGroup(self.configuration.group)
+        self.running.store(true, ordering: .relaxed)
+        defer { self.running.store(false, ordering: .relaxed) }
         self.logger.info("responder started", metadata: ["responder.consumer": "\(self.configuration.consumer)"])
         await withDiscardingTaskGroup { group in
             for partition in 0..<self.configuration.partitions {
@@ -159,8 +166,10 @@ public final class Responder: Service, Sendable {
             )
             try await self.markAnswered(marker)
             self.counters.withLock { $0.replies += 1 }
+            ResponderMetrics.replied(trigger.kind.rawValue, since: event.timestamp)
         } catch {
             self.counters.withLock { $0.failures += 1 }
+            ResponderMetrics.failures.increment()
             self.logger.warning("reply failed", metadata: ["guild": "\(event.guildID)", "message": "\(messageID)", "error": "\(error)"])
         }
     }
@@ -204,12 +213,14 @@ public final class Responder: Service, Sendable {
             }
             try await self.markAnswered(marker)
             self.counters.withLock { $0.replies += 1 }
+            ResponderMetrics.replied("slash", since: event.timestamp)
         } catch let error as DiscordRESTError where error.code == 40060 {
             // Already acknowledged: an earlier delivery answered it.
             self.counters.withLock { $0.duplicatesSkipped += 1 }
             try? await self.markAnswered(marker)
         } catch {
             self.counters.withLock { $0.failures += 1 }
+            ResponderMetrics.failures.increment()
             self.logger.warning("interaction reply failed", metadata: ["guild": "\(event.guildID)", "interaction": "\(interaction.id)", "error": "\(error)"])
         }
     }
@@ -270,4 +281,18 @@ public final class Responder: Service, Sendable {
 
     /// A nonce of at most 25 characters derived from the trigger (a snowflake has at most 20 digits).
     static func nonce(for trigger: String) -> String { String(trigger.prefix(25)) }
+}
+
+/// The responder's metrics (swift-metrics; Prometheus when the process bootstraps it).
+enum ResponderMetrics {
+    static let failures = Counter(label: "markov_responder_failures_total")
+    static let latency = Timer(label: "markov_reply_latency_seconds", preferredDisplayUnit: .seconds)
+
+    /// Counts a reply by trigger kind and records the time since the trigger was created (its snowflake).
+    static func replied(_ kind: String, since timestamp: Int64) {
+        Counter(label: "markov_responder_replies_total", dimensions: [("trigger", kind)]).increment()
+        guard timestamp > 0 else { return }
+        let milliseconds = Int64(Date().timeIntervalSince1970 * 1000) - timestamp
+        if milliseconds >= 0 { Self.latency.recordMilliseconds(milliseconds) }
+    }
 }

@@ -1,5 +1,6 @@
 import Logging
 import MarkovCore
+import CoreMetrics
 import Redis
 import ServiceLifecycle
 import Synchronization
@@ -78,9 +79,15 @@ public final class Trainer: Service, Sendable {
     /// Counts since start.
     public var statistics: Statistics { self.counters.withLock { $0 } }
 
+    /// Whether the consumer group is joined and the library loaded (for `/ready`).
+    public var isRunning: Bool { self.running.load(ordering: .relaxed) }
+    private let running = Atomic<Bool>(false)
+
     public func run() async throws {
         try await self.store.prepare()
         try await self.log.ensureGroup(self.configuration.group)
+        self.running.store(true, ordering: .relaxed)
+        defer { self.running.store(false, ordering: .relaxed) }
         self.logger.info(
             "trainer started",
             metadata: ["trainer.consumer": "\(self.configuration.consumer)",
@@ -97,6 +104,7 @@ public final class Trainer: Service, Sendable {
     private func runPartition(_ partition: Int) async {
         let clock = ContinuousClock()
         var lastClaim = clock.now
+        var lastLag = clock.now - .seconds(5)
         var lastTrim = clock.now - self.configuration.trimEvery + .seconds(Int64(partition % 10))
         // Entries this consumer was given before a restart or an error are read again first.
         var replayOwnPending = true
@@ -125,6 +133,7 @@ public final class Trainer: Service, Sendable {
                     )
                     if !stale.isEmpty {
                         self.counters.withLock { $0.claimed += stale.count }
+                        TrainerMetrics.claimed.increment(by: stale.count)
                         self.logger.info(
                             "claimed stale entries",
                             metadata: ["trainer.partition": "\(partition)", "trainer.entries": "\(stale.count)"]
@@ -133,6 +142,12 @@ public final class Trainer: Service, Sendable {
                     }
                     // A full batch means more may be waiting: claim again at once.
                     if stale.count < self.configuration.batchSize { lastClaim = clock.now }
+                }
+                if clock.now - lastLag >= .seconds(5) {
+                    lastLag = clock.now
+                    let lag = try await self.log.backlog(group: self.configuration.group, partitions: [partition])
+                    Gauge(label: "markov_stream_lag", dimensions: [("partition", "\(partition)"), ("group", self.configuration.group)])
+                        .record(lag)
                 }
                 if clock.now - lastTrim >= self.configuration.trimEvery {
                     lastTrim = clock.now
@@ -256,6 +271,13 @@ public final class Trainer: Service, Sendable {
             statistics.skipped += totals.skipped
             statistics.guildsRemoved += removals
         }
+        TrainerMetrics.batches.increment()
+        TrainerMetrics.entries.increment(by: entries.count)
+        TrainerMetrics.created.increment(by: totals.created)
+        TrainerMetrics.updated.increment(by: totals.updated)
+        TrainerMetrics.deleted.increment(by: totals.deleted)
+        TrainerMetrics.skipped.increment(by: totals.skipped)
+        TrainerMetrics.guildsRemoved.increment(by: removals)
     }
 
     /// Applies entries one by one after their joint call failed; returns those that are done (applied, or
@@ -294,6 +316,7 @@ public final class Trainer: Service, Sendable {
     private func deadLetter(_ entry: EventLog.Entry, partition: Int, reason: String) async throws(RedisError) {
         try await self.log.deadLetter(partition: partition, group: self.configuration.group, entry: entry, reason: reason)
         self.counters.withLock { $0.deadLetters += 1 }
+        TrainerMetrics.deadLetters.increment()
         self.logger.warning(
             "entry moved to the dead-letter stream",
             metadata: ["trainer.partition": "\(partition)", "stream.entry": "\(entry.id)", "reason": "\(reason)"]
@@ -330,4 +353,17 @@ public final class Trainer: Service, Sendable {
             return nil
         }
     }
+}
+
+/// The trainer's metrics (swift-metrics; Prometheus when the process bootstraps it).
+enum TrainerMetrics {
+    static let batches = Counter(label: "markov_trainer_batches_total")
+    static let entries = Counter(label: "markov_trainer_entries_total")
+    static let created = Counter(label: "markov_trainer_messages_total", dimensions: [("result", "created")])
+    static let updated = Counter(label: "markov_trainer_messages_total", dimensions: [("result", "updated")])
+    static let deleted = Counter(label: "markov_trainer_messages_total", dimensions: [("result", "deleted")])
+    static let skipped = Counter(label: "markov_trainer_messages_total", dimensions: [("result", "skipped")])
+    static let guildsRemoved = Counter(label: "markov_trainer_guilds_removed_total")
+    static let deadLetters = Counter(label: "markov_trainer_dead_letters_total")
+    static let claimed = Counter(label: "markov_trainer_claimed_total")
 }

@@ -4,7 +4,9 @@ import FakeDiscord
 import Foundation
 import MarkovChains
 import MarkovCore
+import DiscordREST
 import Redis
+import Synchronization
 import Testing
 
 extension GatewayIntegrationTests {
@@ -23,7 +25,9 @@ extension GatewayIntegrationTests {
             return nil
         }
 
-        static func start(_ arguments: [String], fake: FakeDiscord) throws -> Process {
+        static func start(
+            _ arguments: [String], fake: FakeDiscord, environment extra: [String: String] = [:], standardError: Any? = nil
+        ) throws -> Process {
             let process = Process()
             process.executableURL = try #require(Self.executable, "the markov executable must be built beside the tests")
             process.arguments = arguments
@@ -33,8 +37,11 @@ extension GatewayIntegrationTests {
             environment["DISCORD_TOKEN"] = fake.configuration.token
             environment["DISCORD_API_URL"] = fake.apiURL
             environment["LOG_LEVEL"] = GatewayHarness.environment["MARKOV_TEST_LOG"] ?? "error"
+            environment["MARKOV_HTTP_PORT"] = "0"  // any free port: several processes run side by side
+            environment.merge(extra) { $1 }
             process.environment = environment
             process.standardOutput = FileHandle.nullDevice
+            if let standardError { process.standardError = standardError }
             try process.run()
             return process
         }
@@ -48,6 +55,95 @@ extension GatewayIntegrationTests {
 
         /// Three words per message, from small vocabularies, so every state has several successors.
         static func content(_ index: Int) -> String { "a\(index % 7) b\(index % 11) c\(index % 13)" }
+
+        /// A port nothing listens on now.
+        static func freePort() throws -> Int {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            try withUnsafeMutablePointer(to: &address) { pointer in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
+                    guard bind(fd, socketAddress, length) == 0, getsockname(fd, socketAddress, &length) == 0 else {
+                        throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EADDRNOTAVAIL)
+                    }
+                }
+            }
+            return Int(UInt16(bigEndian: address.sin_port))
+        }
+
+        /// GET on a role's HTTP port: status and body.
+        static func get(_ port: Int, _ path: String) async -> (Int, String)? {
+            guard let response = try? await CurlHTTPClient().perform(HTTPRequest(method: "GET", url: "http://127.0.0.1:\(port)\(path)", timeout: .seconds(5)))
+            else { return nil }
+            return (response.status, String(decoding: response.body, as: UTF8.self))
+        }
+
+        @Test("each role serves /health, /ready and /metrics; logs are JSON lines when asked; the token appears in no log line")
+        func observability() async throws {
+            let harness = try await GatewayHarness()
+            defer { harness.redis.shutdown() }
+            let fake = try await GatewayHarness.fake(shards: 1)
+            let ports = try (0..<3).map { _ in try Self.freePort() }
+            let logs = (0..<3).map { _ in Pipe() }
+            let collected = Mutex([Data(), Data(), Data()])
+            for (index, pipe) in logs.enumerated() {
+                pipe.fileHandleForReading.readabilityHandler = { handle in
+                    let chunk = handle.availableData
+                    collected.withLock { $0[index].append(chunk) }
+                }
+            }
+            defer { for pipe in logs { pipe.fileHandleForReading.readabilityHandler = nil } }
+            let roles = [["gateway", "--shard-count", "1"], ["trainer"], ["responder"]]
+            var processes: [Process] = []
+            for (index, arguments) in roles.enumerated() {
+                processes.append(try Self.start(
+                    arguments, fake: fake,
+                    environment: ["MARKOV_HTTP_PORT": "\(ports[index])", "LOG_FORMAT": "json", "LOG_LEVEL": "debug"],
+                    standardError: logs[index]
+                ))
+            }
+            defer { for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+            for (index, port) in ports.enumerated() {
+                try await GatewayHarness.eventually("\(roles[index][0]) to be ready", timeout: .seconds(60)) {
+                    await Self.get(port, "/ready")?.0 == 200
+                }
+                #expect(await Self.get(port, "/health")?.0 == 200)
+            }
+            let ready = await Self.get(ports[0], "/ready")
+            #expect(ready?.1.contains("shards 1/1 ok") == true, "\(ready?.1 ?? "")")
+            #expect(ready?.1.contains("redis ok") == true)
+            // Something to count: a message (learnt by nobody: the channel is not enabled) and a trigger.
+            let guild = GatewayHarness.guild(onShard: 0, of: 1)
+            let now = (UInt64(Date().timeIntervalSince1970 * 1000) - 1_420_070_400_000) << 22
+            try fake.dispatch(shard: 0, event: "MESSAGE_CREATE", json: FakeDiscord.messageJSON(id: now, channel: 7, guild: guild, author: 9, content: "!mark"))
+            try await GatewayHarness.eventually("the reply") { fake.rest.messageCount == 1 }
+            try await GatewayHarness.eventually("the metrics") {
+                let gateway = await Self.get(ports[0], "/metrics")?.1 ?? ""
+                let trainer = await Self.get(ports[1], "/metrics")?.1 ?? ""
+                let responder = await Self.get(ports[2], "/metrics")?.1 ?? ""
+                return gateway.contains("markov_gateway_dispatches_total") && gateway.contains("markov_gateway_events_appended_total")
+                    && trainer.contains("markov_trainer_batches_total") && trainer.contains("markov_stream_lag")
+                    && responder.contains("markov_responder_replies_total") && responder.contains("markov_reply_latency_seconds")
+                    && responder.contains("markov_rest_requests_total")
+            }
+            for process in processes { kill(process.processIdentifier, SIGTERM) }
+            for process in processes { process.waitUntilExit() }
+            try await Task.sleep(for: .milliseconds(200))
+            for (index, data) in collected.withLock({ $0 }).enumerated() {
+                let text = String(decoding: data, as: UTF8.self)
+                let lines = text.split(separator: "\n")
+                #expect(!lines.isEmpty, "\(roles[index][0]) logged nothing")
+                for line in lines {
+                    let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+                    #expect(object?["level"] != nil && object?["message"] != nil, "not a JSON log line: \(line)")
+                }
+                #expect(!text.contains(fake.configuration.token), "the token leaked into \(roles[index][0])'s log")
+            }
+            await fake.stop()
+        }
 
         @Test("100k messages through 4 shards in 2 gateway processes, with reconnects, op 9, zombies and a SIGKILL: every message reaches the streams and the trainer's counts equal the flood's")
         func floodWithFaults() async throws {

@@ -25,6 +25,7 @@ struct TrainerProcessTests {
         environment["REDIS_URL"] = ChainHarness.environment["MARKOV_TEST_REDIS_URL"] ?? "redis://127.0.0.1:16379"
         environment["MARKOV_PARTITIONS"] = "4"
         environment["LOG_LEVEL"] = "error"
+        environment["MARKOV_HTTP_PORT"] = "0"  // any free port: several processes run side by side
         process.environment = environment
         process.standardOutput = FileHandle.nullDevice
         try process.run()

@@ -50,6 +50,7 @@ struct GatewayBench: AsyncParsableCommand {
         environment["DISCORD_API_URL"] = fake.apiURL
         environment["MARKOV_PARTITIONS"] = "16"
         environment["LOG_LEVEL"] = "error"
+        environment["MARKOV_HTTP_PORT"] = "0"
         process.environment = environment
         try process.run()
         defer { if process.isRunning { kill(process.processIdentifier, SIGTERM); process.waitUntilExit() } }
@@ -127,6 +128,7 @@ struct GatewayBench: AsyncParsableCommand {
         environment["DISCORD_API_URL"] = fake.apiURL
         environment["MARKOV_PARTITIONS"] = "16"
         environment["LOG_LEVEL"] = "error"
+        environment["MARKOV_HTTP_PORT"] = "0"
         environment.merge(extra) { $1 }
         process.environment = environment
         try process.run()

@@ -64,6 +64,10 @@ struct Gateway: AsyncParsableCommand {
             configuration: .init(
                 services: [
                     .init(service: RedisClientService(client: context.redis)),
+                    context.observability([{
+                        let (ready, total) = gateway.readiness
+                        return ("shards \(ready)/\(total)", total > 0 && ready == total)
+                    }]),
                     .init(service: gateway, successTerminationBehavior: .gracefullyShutdownGroup,
                           failureTerminationBehavior: .gracefullyShutdownGroup),
                 ],

@@ -26,6 +26,7 @@ struct Responder: AsyncParsableCommand {
             configuration: .init(
                 services: [
                     .init(service: RedisClientService(client: context.redis)),
+                    context.observability([{ ("responder", responder.isRunning) }]),
                     .init(service: responder, successTerminationBehavior: .gracefullyShutdownGroup,
                           failureTerminationBehavior: .gracefullyShutdownGroup),
                 ],

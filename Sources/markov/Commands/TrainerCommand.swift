@@ -32,6 +32,7 @@ struct Trainer: AsyncParsableCommand {
             configuration: .init(
                 services: [
                     .init(service: RedisClientService(client: context.redis)),
+                    context.observability([{ ("trainer", trainer.isRunning) }]),
                     .init(service: trainer, successTerminationBehavior: .gracefullyShutdownGroup,
                           failureTerminationBehavior: .gracefullyShutdownGroup),
                 ],

@@ -66,14 +66,22 @@ struct Up: AsyncParsableCommand {
             .init(service: trainer, failureTerminationBehavior: .gracefullyShutdownGroup),
         ]
         if let token = configuration.discordToken, !token.isEmpty {
-            // A real bot: every role in this process.
-            var gateway = GatewayService.Configuration(token: token, owner: RoleContext.consumerName(role: "up"))
-            gateway.rest = try Responder.restClient(context: context)
-            gateway.gatewayURL = configuration.discordGatewayURL
-            services.append(.init(service: GatewayService(configuration: gateway, log: context.log, logger: context.logger),
-                                  failureTerminationBehavior: .gracefullyShutdownGroup))
-            services.append(.init(service: try Responder.makeResponder(context: context),
-                                  failureTerminationBehavior: .gracefullyShutdownGroup))
+            // A real bot: every role in this process, with one metrics and readiness endpoint.
+            var gatewayConfiguration = GatewayService.Configuration(token: token, owner: RoleContext.consumerName(role: "up"))
+            gatewayConfiguration.rest = try Responder.restClient(context: context)
+            gatewayConfiguration.gatewayURL = configuration.discordGatewayURL
+            let gateway = GatewayService(configuration: gatewayConfiguration, log: context.log, logger: context.logger)
+            let responder = try Responder.makeResponder(context: context)
+            services.append(context.observability([
+                { ("trainer", trainer.isRunning) },
+                { ("responder", responder.isRunning) },
+                {
+                    let (ready, total) = gateway.readiness
+                    return ("shards \(ready)/\(total)", total > 0 && ready == total)
+                },
+            ]))
+            services.append(.init(service: gateway, failureTerminationBehavior: .gracefullyShutdownGroup))
+            services.append(.init(service: responder, failureTerminationBehavior: .gracefullyShutdownGroup))
         } else {
             let console = ConsoleChannel(context: context, guild: Self.consoleGuild, imports: self.imports)
             services.append(.init(service: console, successTerminationBehavior: .gracefullyShutdownGroup,

@@ -17,7 +17,9 @@ import Redis
 /// | `markov.prefix` | `MARKOV_PREFIX` | string: the command prefix | `!mark` |
 /// | `discord.global.limit` | `DISCORD_GLOBAL_LIMIT` | REST requests per second per token (Discord: 50, more by arrangement) | 50 |
 /// | `owner.ids` | `OWNER_IDS` | comma-separated user ids allowed every admin command | none |
+/// | `markov.http.port` | `MARKOV_HTTP_PORT` | port of `/metrics`, `/health`, `/ready` (0: any free port) | 9090 |
 /// | `log.level` | `LOG_LEVEL` | string | `info` |
+/// | `log.format` | `LOG_FORMAT` | `text` or `json` (one JSON object per line) | `text` |
 struct MarkovConfiguration: Sendable {
     /// How to reach Redis.
     var redis: RedisConfiguration
@@ -39,6 +41,8 @@ struct MarkovConfiguration: Sendable {
     var discordGlobalLimit: Int
     /// Users allowed every admin command.
     var ownerIDs: Set<String>
+    /// Port of the metrics, health and readiness endpoints.
+    var httpPort: Int
     /// The log level.
     var logLevel: Logger.Level
 
@@ -71,6 +75,8 @@ struct MarkovConfiguration: Sendable {
         self.discordToken = config.string(forKey: "discord.token", isSecret: true)
         self.discordAPIURL = config.string(forKey: "discord.api.url", default: "https://discord.com/api/v10")
         self.discordGatewayURL = config.string(forKey: "discord.gateway.url")
+        self.httpPort = config.int(forKey: "markov.http.port", default: 9090)
+        guard (0...65535).contains(self.httpPort) else { throw ConfigurationError("MARKOV_HTTP_PORT must be a port number") }
         self.discordGlobalLimit = config.int(forKey: "discord.global.limit", default: 50)
         guard self.discordGlobalLimit > 0 else { throw ConfigurationError("DISCORD_GLOBAL_LIMIT must be positive") }
         self.ownerIDs = Set((config.string(forKey: "owner.ids") ?? "").split(separator: ",").map {

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import MarkovChains
 import MarkovCore
+import Observability
 import Redis
 import ServiceLifecycle
 
@@ -49,6 +50,20 @@ struct RoleContext: Sendable {
     }
 }
 
+extension RoleContext {
+    /// The `/metrics`, `/health` and `/ready` service of a role: ready when Redis answers and every check of
+    /// the role passes.
+    func observability(_ checks: [Observability.Check]) -> ServiceGroupConfiguration.ServiceConfiguration {
+        Observability.bootstrap()
+        let redis = self.redis
+        let ping: Observability.Check = {
+            let reply = try? await redis.send(RedisCommand("PING"))
+            return ("redis", reply?.string == "PONG")
+        }
+        return .init(service: Observability.server(port: self.configuration.httpPort, checks: [ping] + checks, logger: self.logger))
+    }
+}
+
 /// The Redis client as a service: it stays up until graceful shutdown reaches it, which happens after the
 /// services listed after it (the roles using it) have finished, then closes its connections.
 struct RedisClientService: Service {
@@ -68,9 +83,13 @@ func snowflake(_ text: String, _ what: String) throws -> Snowflake {
     return id
 }
 
-/// Sets up logging once: to standard error, at the configured level.
+/// Sets up logging once: to standard error, as text, or as one JSON object per line when `LOG_FORMAT=json`.
 enum LoggingSetup {
     static let once: Void = {
-        LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        if ProcessInfo.processInfo.environment["LOG_FORMAT"]?.lowercased() == "json" {
+            LoggingSystem.bootstrap { label in JSONLogHandler(label: label) }
+        } else {
+            LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        }
     }()
 }
