@@ -91,10 +91,17 @@ public final class Responder: Service, Sendable {
     private func runPartition(_ partition: Int) async {
         let clock = ContinuousClock()
         var lastClaim = clock.now
+        var lastLag = clock.now - .seconds(5)
         var failures = 0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do throws(RedisError) {
                 var entries: [EventLog.Entry] = []
+                if clock.now - lastLag >= .seconds(5) {
+                    lastLag = clock.now
+                    let lag = try await self.log.backlog(group: self.configuration.group, partitions: [partition])
+                    Gauge(label: "markov_stream_lag", dimensions: [("partition", "\(partition)"), ("group", self.configuration.group)])
+                        .record(lag)
+                }
                 if clock.now - lastClaim >= self.configuration.claimAfter {
                     lastClaim = clock.now
                     entries = try await self.log.claimStale(
