@@ -10,8 +10,9 @@ import Synchronization
 /// session only after every dispatch up to the checkpoint is in the log.
 ///
 /// Shards ``submit(shard:event:checkpoint:)`` without waiting; one writer drains whatever has accumulated while
-/// its previous write was in flight (natural batching: one pipeline of XADDs, then one of session HSETs). Failed
-/// appends are retried with backoff (a retried append may duplicate an entry; consumers dedupe by message id);
+/// its previous write was in flight (natural batching: one pipeline of XADDs, then one of session HSETs). After a
+/// failed append, it and every later event of the batch are appended again with backoff, so no event lands after
+/// a later one (retries duplicate entries; consumers take a message id once);
 /// the checkpoint of a batch is written only when all of its appends succeeded. A process killed with events
 /// still in memory loses nothing: its checkpoint is behind them, so the next resume replays them.
 final class EventPump: Sendable {
@@ -117,19 +118,23 @@ final class EventPump: Sendable {
         var attempt = 0
         while !pending.isEmpty {
             let results = await self.log.redis.pipeline(pending.map(self.log.appendCommand))
-            var failed: [ChainEvent] = []
+            // Everything from the first failure on goes again, successes after it included: an append that
+            // failed must never land after a later event of the same message (a create after its edit would
+            // bring back the old text). The repeats are duplicates, which consumers take once.
             var lastError: RedisError?
-            for (event, result) in zip(pending, results) {
+            var firstFailure = pending.count
+            for (index, result) in results.enumerated() {
                 if case .failure(let error) = result {
-                    failed.append(event)
+                    firstFailure = min(firstFailure, index)
                     lastError = error
                 }
             }
+            let failed = Array(pending[firstFailure...])
             self.counters.withLock {
-                $0.appended += pending.count - failed.count
+                $0.appended += firstFailure
                 $0.appendFailures += failed.count
             }
-            GatewayMetrics.appended.increment(by: pending.count - failed.count)
+            GatewayMetrics.appended.increment(by: firstFailure)
             if !failed.isEmpty { GatewayMetrics.appendFailures.increment(by: failed.count) }
             pending = failed
             guard let lastError else { break }

@@ -116,11 +116,15 @@ public final class Responder: Service, Sendable {
                     )
                 }
                 guard !entries.isEmpty else { continue }
-                // Replies of a batch go out together; the entries are acknowledged once all are done.
-                await withDiscardingTaskGroup { group in
-                    for entry in entries { group.addTask { await self.handle(entry) } }
+                // Replies of a batch go out together; the entries that are done are acknowledged together. The
+                // others (Redis or the network failed) stay pending and are claimed again after `claimAfter`.
+                let done = await withTaskGroup(of: String?.self) { group in
+                    for entry in entries { group.addTask { await self.handle(entry) ? entry.id : nil } }
+                    var done: [String] = []
+                    for await id in group { if let id { done.append(id) } }
+                    return done
                 }
-                try await self.log.acknowledge(partition: partition, group: self.configuration.group, ids: entries.map(\.id))
+                try await self.log.acknowledge(partition: partition, group: self.configuration.group, ids: done)
                 failures = 0
             } catch {
                 if error.code == .cancelled || Task.isCancelled { return }
@@ -131,40 +135,48 @@ public final class Responder: Service, Sendable {
         }
     }
 
-    /// Answers one entry if it asks for an answer. Failures are logged; the entry is acknowledged either way (a
-    /// reply that Discord refused would be refused again).
-    private func handle(_ entry: EventLog.Entry) async {
-        guard let event = try? ChainEvent(fields: entry.fields) else { return }
+    /// Answers one entry if it asks for an answer; true when the entry is done with (answered, nothing to
+    /// answer, or refused by Discord, which would refuse again), false when it should be tried again (Redis or the
+    /// network failed; the nonce and the marker keep a retry from answering twice).
+    private func handle(_ entry: EventLog.Entry) async -> Bool {
+        guard let event = try? ChainEvent(fields: entry.fields) else { return true }
         switch event.kind {
         case .create:
-            await self.handleMessage(event)
+            return await self.handleMessage(event)
         case .interaction:
-            await self.handleInteraction(event)
+            return await self.handleInteraction(event)
         case .update, .delete, .deleteBulk, .guildRemoved:
-            return
+            return true
         }
     }
 
-    private func handleMessage(_ event: ChainEvent) async {
+    /// Whether a failure is worth another try later.
+    private static func isTransient(_ error: any Error) -> Bool {
+        if error is RedisError { return true }
+        if let rest = error as? DiscordRESTError { return rest.status == nil || rest.status! >= 500 }
+        return false
+    }
+
+    private func handleMessage(_ event: ChainEvent) async -> Bool {
         guard event.source == .gateway, let messageID = event.messageID, let channel = event.channelID,
               !event.authorFlags.contains(.bot), !event.authorFlags.contains(.webhook)
-        else { return }
+        else { return true }
         let bot = await self.botUserID()
-        if let bot, event.authorID?.rawValue == bot { return }
+        if let bot, event.authorID?.rawValue == bot { return true }
         let content = event.content ?? ""
         var trigger = Trigger.detect(content: content, botUserID: bot, prefix: self.configuration.commandPrefix)
         if trigger == nil {
             // Unasked: in an auto-respond channel, or by chance; either way not more often than the cooldown.
-            guard self.isFresh(event), await self.speaksUnasked(event, messageID: messageID, channel: channel) else { return }
+            guard self.isFresh(event), await self.speaksUnasked(event, messageID: messageID, channel: channel) else { return true }
             trigger = Trigger(kind: .mention, request: .sentence(seed: Tokenizer.tokens(content), debug: false))
             self.counters.withLock { $0.unasked += 1 }
         }
-        guard let trigger, self.isFresh(event) else { return }
+        guard let trigger, self.isFresh(event) else { return true }
         let marker = "\(ChainKeys(guild: event.guildID).prefix):answered:\(messageID)"
         do throws(any Error) {
             if try await self.log.redis.send(RedisCommand("EXISTS", .string(marker))).int == 1 {
                 self.counters.withLock { $0.duplicatesSkipped += 1 }
-                return
+                return true
             }
             let text = try await self.composer.reply(to: trigger.request, guild: event.guildID)
             try await self.rest.createMessage(
@@ -174,24 +186,30 @@ public final class Responder: Service, Sendable {
             try await self.markAnswered(marker)
             self.counters.withLock { $0.replies += 1 }
             ResponderMetrics.replied(trigger.kind.rawValue, since: event.timestamp)
+            return true
         } catch {
             self.counters.withLock { $0.failures += 1 }
             ResponderMetrics.failures.increment()
-            self.logger.warning("reply failed", metadata: ["guild": "\(event.guildID)", "message": "\(messageID)", "error": "\(error)"])
+            let retry = Self.isTransient(error)
+            self.logger.warning(
+                "reply failed",
+                metadata: ["guild": "\(event.guildID)", "message": "\(messageID)", "error": "\(error)", "retry": "\(retry)"]
+            )
+            return !retry
         }
     }
 
-    private func handleInteraction(_ event: ChainEvent) async {
+    private func handleInteraction(_ event: ChainEvent) async -> Bool {
         guard let payload = event.payload,
               let interaction = try? JSONDecoder().decode(Interaction.self, from: Data(payload)),
               let trigger = Trigger.slash(interaction)
-        else { return }
-        guard self.isFresh(event) else { return }
+        else { return true }
+        guard self.isFresh(event) else { return true }
         let marker = "\(ChainKeys(guild: event.guildID).prefix):answered:\(interaction.id)"
         do throws(any Error) {
             if try await self.log.redis.send(RedisCommand("EXISTS", .string(marker))).int == 1 {
                 self.counters.withLock { $0.duplicatesSkipped += 1 }
-                return
+                return true
             }
             // Discord wants an answer within 3 s: reply at once when the sentence is ready in time, else say
             // "thinking" and edit the reply in when it is.
@@ -221,14 +239,21 @@ public final class Responder: Service, Sendable {
             try await self.markAnswered(marker)
             self.counters.withLock { $0.replies += 1 }
             ResponderMetrics.replied("slash", since: event.timestamp)
+            return true
         } catch let error as DiscordRESTError where error.code == 40060 {
             // Already acknowledged: an earlier delivery answered it.
             self.counters.withLock { $0.duplicatesSkipped += 1 }
             try? await self.markAnswered(marker)
+            return true
         } catch {
             self.counters.withLock { $0.failures += 1 }
             ResponderMetrics.failures.increment()
-            self.logger.warning("interaction reply failed", metadata: ["guild": "\(event.guildID)", "interaction": "\(interaction.id)", "error": "\(error)"])
+            let retry = Self.isTransient(error)
+            self.logger.warning(
+                "interaction reply failed",
+                metadata: ["guild": "\(event.guildID)", "interaction": "\(interaction.id)", "error": "\(error)", "retry": "\(retry)"]
+            )
+            return !retry
         }
     }
 

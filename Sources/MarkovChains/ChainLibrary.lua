@@ -377,7 +377,9 @@ local function check_state_size(meta, n, record)
 end
 
 -- Message records: '{g}:m' maps message id → 'author\ttokens' (what was learnt), or '-' once deleted, so a
--- late create cannot bring it back. '{g}:h' counts messages by a hash of their tokens, so generation can refuse
+-- late create cannot bring it back, or '~tokens' for an edit that arrived before its create (trainers share a
+-- partition's entries, so a create and its edit can be applied by two trainers in either order): the create
+-- then learns the edited tokens. '{g}:h' counts messages by a hash of their tokens, so generation can refuse
 -- to repeat one verbatim.
 
 local function content_hash(tokens)
@@ -406,7 +408,8 @@ end
 -- markov_apply(meta; n, then ops of 8 fields: kind, id, author, channel, force, tokens, state hashes, content hash)
 --   kind 'c' create: learnt unless the id is known (duplicate, replay, or deleted), the channel is not enabled
 --        for learning (unless force = '1'), or the author opted out;
---   kind 'u' update: replaces the learnt tokens of a known message;
+--   kind 'u' update: replaces the learnt tokens of a known message; for a message not seen yet, keeps the tokens
+--        for its create ('~tokens');
 --   kind 'd' delete: forgets a known message and remembers the id as deleted.
 -- Returns {created, updated, deleted, skipped}.
 local function apply(keys, args)
@@ -423,6 +426,12 @@ local function apply(keys, args)
         local kind, id, author, channel, force, tokens = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4], args[i + 5]
         local hashes, chash = args[i + 6], args[i + 7]
         local record = redis.call('HGET', mk, id)
+        if kind == 'c' and record and string.sub(record, 1, 1) == '~' then
+            -- Edited before this create arrived: learn the edited text.
+            tokens = string.sub(record, 2)
+            hashes, chash = '', ''
+            record = nil
+        end
         if kind == 'c' then
             if record
                 or (force ~= '1' and redis.call('SISMEMBER', listen, channel) == 0)
@@ -434,7 +443,10 @@ local function apply(keys, args)
                 created = created + 1
             end
         elseif kind == 'u' then
-            if not record or record == '-' then
+            if record == '-' then
+                skipped = skipped + 1
+            elseif not record or string.sub(record, 1, 1) == '~' then
+                redis.call('HSET', mk, id, '~' .. tokens)
                 skipped = skipped + 1
             else
                 local tab = string.find(record, '\t', 1, true)

@@ -268,6 +268,30 @@ struct ChainStoreTests {
         try await harness.store.deleteGuild(guild)
     }
 
+    @Test("an edit applied before its create (two trainers, either order) leaves the edited text learnt")
+    func editBeforeCreate() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        let store = harness.store
+        func message(_ text: String) -> LearnedMessage { LearnedMessage(tokens: text.split(separator: " ").map(String.init), stateSize: 2) }
+        try await store.prepare()
+        // The edit first: nothing is learnt yet, the edited text waits for the create.
+        _ = try await store.apply([.update(id: "e1", message: message("edited words here"))], guild: guild)
+        #expect(try await store.totals(guild: guild)["messages", default: 0] == 0)
+        _ = try await store.apply([.create(id: "e1", author: "1", channel: "", force: true, message: message("original words there"))], guild: guild)
+        #expect(try await store.totals(guild: guild)["messages"] == 1)
+        let edited = try await store.state(["edited", "words"], guild: guild).successors.map(\.0)
+        #expect(edited == ["here"])
+        #expect(try await store.state(["original", "words"], guild: guild).successors.isEmpty)
+        // A later edit replaces it as usual; a delete removes it.
+        _ = try await store.apply([.update(id: "e1", message: message("third version now"))], guild: guild)
+        #expect(try await store.state(["edited", "words"], guild: guild).successors.isEmpty)
+        _ = try await store.apply([.delete(id: "e1")], guild: guild)
+        #expect(try await store.totals(guild: guild)["messages"] == 0)
+        try await store.deleteGuild(guild)
+    }
+
     @Test("a guild keeps the state size it was first trained with")
     func stateSizeIsFixed() async throws {
         let harness = try ChainHarness()

@@ -17,11 +17,15 @@ struct Responder: AsyncParsableCommand {
 
     @Option(help: "Seconds after which a trigger is too old to answer (after an outage).") var maxAge = 300
     @Option(help: "Seconds the bot stays quiet in a channel after speaking there unasked.") var cooldown = 10
+    @Option(help: "Seconds an entry may sit unacknowledged (a dead responder, a failed reply) before it is tried again.")
+    var claimAfter = 30
 
     func run() async throws {
         LoggingSetup.once
         let context = try await RoleContext(options: self.options, label: "markov.responder")
-        let responder = try Self.makeResponder(context: context, maxAge: self.maxAge, cooldown: self.cooldown)
+        let responder = try Self.makeResponder(
+            context: context, maxAge: self.maxAge, cooldown: self.cooldown, claimAfter: self.claimAfter
+        )
         let group = ServiceGroup(
             configuration: .init(
                 services: [
@@ -49,12 +53,15 @@ struct Responder: AsyncParsableCommand {
         return rest
     }
 
-    static func makeResponder(context: RoleContext, maxAge: Int = 300, cooldown: Int = 10) throws -> DiscordResponder.Responder {
+    static func makeResponder(
+        context: RoleContext, maxAge: Int = 300, cooldown: Int = 10, claimAfter: Int = 30
+    ) throws -> DiscordResponder.Responder {
         var configuration = DiscordResponder.Responder.Configuration(consumer: RoleContext.consumerName(role: "responder"))
         configuration.partitions = context.configuration.partitions
         configuration.commandPrefix = context.configuration.commandPrefix
         configuration.maxAge = .seconds(maxAge)
         configuration.cooldown = .seconds(cooldown)
+        configuration.claimAfter = .seconds(claimAfter)
         configuration.owners = context.configuration.ownerIDs
         return DiscordResponder.Responder(
             store: context.store, log: context.log, rest: try Self.restClient(context: context),
