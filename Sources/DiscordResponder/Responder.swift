@@ -172,12 +172,9 @@ public final class Responder: Service, Sendable {
             self.counters.withLock { $0.unasked += 1 }
         }
         guard let trigger, self.isFresh(event) else { return true }
-        let marker = "\(ChainKeys(guild: event.guildID).prefix):answered:\(messageID)"
+        let marker = Self.answeredMarker(guild: event.guildID, trigger: messageID)
         do throws(any Error) {
-            if try await self.log.redis.send(RedisCommand("EXISTS", .string(marker))).int == 1 {
-                self.counters.withLock { $0.duplicatesSkipped += 1 }
-                return true
-            }
+            if try await self.alreadyAnswered(marker) { return true }
             let text = try await self.composer.reply(to: trigger.request, guild: event.guildID)
             try await self.rest.createMessage(
                 channel: channel.rawValue,
@@ -205,12 +202,9 @@ public final class Responder: Service, Sendable {
               let trigger = Trigger.slash(interaction)
         else { return true }
         guard self.isFresh(event) else { return true }
-        let marker = "\(ChainKeys(guild: event.guildID).prefix):answered:\(interaction.id)"
+        let marker = Self.answeredMarker(guild: event.guildID, trigger: interaction.id.rawValue)
         do throws(any Error) {
-            if try await self.log.redis.send(RedisCommand("EXISTS", .string(marker))).int == 1 {
-                self.counters.withLock { $0.duplicatesSkipped += 1 }
-                return true
-            }
+            if try await self.alreadyAnswered(marker) { return true }
             // Discord wants an answer within 3 s: reply at once when the sentence is ready in time, else say
             // "thinking" and edit the reply in when it is.
             let composer = self.composer
@@ -296,6 +290,18 @@ public final class Responder: Service, Sendable {
             self.counters.withLock { $0.tooOld += 1 }
             return false
         }
+        return true
+    }
+
+    /// `{g:<guild>}:answered:<trigger>`: set for a day once the trigger is answered.
+    static func answeredMarker(guild: Snowflake, trigger: String) -> String {
+        "\(ChainKeys(guild: guild).prefix):answered:\(trigger)"
+    }
+
+    /// Whether a trigger was answered already (counted as a skipped duplicate).
+    private func alreadyAnswered(_ marker: String) async throws(RedisError) -> Bool {
+        guard try await self.log.redis.send(RedisCommand("EXISTS", .string(marker))).int == 1 else { return false }
+        self.counters.withLock { $0.duplicatesSkipped += 1 }
         return true
     }
 

@@ -40,19 +40,10 @@ struct GatewayBench: AsyncParsableCommand {
         let fake = FakeDiscord(configuration: configuration, logger: logger)
         try await fake.start()
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: self.markov)
-        process.arguments = ["gateway", "--shard-count", "\(self.shards)", "--identify-interval-ms", "100"]
-            + (self.compress ? ["--compress"] : [])
-        var environment = ProcessInfo.processInfo.environment
-        environment["REDIS_URL"] = self.url
-        environment["DISCORD_TOKEN"] = configuration.token
-        environment["DISCORD_API_URL"] = fake.apiURL
-        environment["MARKOV_PARTITIONS"] = "16"
-        environment["LOG_LEVEL"] = "error"
-        environment["MARKOV_HTTP_PORT"] = "0"
-        process.environment = environment
-        try process.run()
+        let process = try self.spawn(
+            ["gateway", "--shard-count", "\(self.shards)", "--identify-interval-ms", "100"] + (self.compress ? ["--compress"] : []),
+            fake: fake
+        )
         defer { if process.isRunning { kill(process.processIdentifier, SIGTERM); process.waitUntilExit() } }
         try await fake.waitForShards(0..<self.shards)
         let rssIdle = Self.rss(process.processIdentifier)
