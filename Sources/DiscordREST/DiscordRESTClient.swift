@@ -72,7 +72,6 @@ public struct DiscordRESTClient: Sendable {
                 continue
             }
             self.counters.count(status: response.status)
-            let body = try? JSONDecoder().decode(DiscordErrorBody.self, from: Data(response.body))
             var retryAfter: Double?
             var global = false
             if response.status == 429 {
@@ -101,6 +100,8 @@ public struct DiscordRESTClient: Sendable {
                 if self.rateLimits == nil { try? await Task.sleep(for: wait) }
                 continue
             }
+            // Only failures have an error body worth decoding.
+            let body = try? JSONDecoder().decode(DiscordErrorBody.self, from: Data(response.body))
             let failure = DiscordRESTError(
                 status: response.status, code: body?.code,
                 message: body?.message ?? String(decoding: response.body.prefix(200), as: UTF8.self),

@@ -150,6 +150,17 @@ public final class Responder: Service, Sendable {
         }
     }
 
+    /// Counts and logs a failed answer; returns whether the entry is done with (false: try again later).
+    private func failed(_ what: String, error: any Error, guild: Snowflake, trigger: String) -> Bool {
+        self.counters.withLock { $0.failures += 1 }
+        ResponderMetrics.failures.increment()
+        let retry = Self.isTransient(error)
+        self.logger.warning(
+            "\(what)", metadata: ["guild": "\(guild)", "trigger": "\(trigger)", "error": "\(error)", "retry": "\(retry)"]
+        )
+        return !retry
+    }
+
     /// Whether a failure is worth another try later.
     private static func isTransient(_ error: any Error) -> Bool {
         if error is RedisError { return true }
@@ -185,14 +196,7 @@ public final class Responder: Service, Sendable {
             ResponderMetrics.replied(trigger.kind.rawValue, since: event.timestamp)
             return true
         } catch {
-            self.counters.withLock { $0.failures += 1 }
-            ResponderMetrics.failures.increment()
-            let retry = Self.isTransient(error)
-            self.logger.warning(
-                "reply failed",
-                metadata: ["guild": "\(event.guildID)", "message": "\(messageID)", "error": "\(error)", "retry": "\(retry)"]
-            )
-            return !retry
+            return self.failed("reply failed", error: error, guild: event.guildID, trigger: messageID)
         }
     }
 
@@ -240,14 +244,7 @@ public final class Responder: Service, Sendable {
             try? await self.markAnswered(marker)
             return true
         } catch {
-            self.counters.withLock { $0.failures += 1 }
-            ResponderMetrics.failures.increment()
-            let retry = Self.isTransient(error)
-            self.logger.warning(
-                "interaction reply failed",
-                metadata: ["guild": "\(event.guildID)", "interaction": "\(interaction.id)", "error": "\(error)", "retry": "\(retry)"]
-            )
-            return !retry
+            return self.failed("interaction reply failed", error: error, guild: event.guildID, trigger: interaction.id.rawValue)
         }
     }
 
