@@ -84,25 +84,9 @@ extension GatewayFrame {
         switch self.payload {
         case .messageCreate(let message), .messageUpdate(let message):
             guard let guild = message.guildID else { return nil }
-            var flags: ChainEvent.AuthorFlags = []
-            if message.author?.bot == true { flags.insert(.bot) }
-            if message.webhookID != nil { flags.insert(.webhook) }
             let isCreate: Bool
             if case .messageCreate = self.payload { isCreate = true } else { isCreate = false }
-            return ChainEvent(
-                kind: isCreate ? .create : .update,
-                source: .gateway,
-                guildID: guild,
-                channelID: message.channelID,
-                messageID: message.id.rawValue,
-                authorID: message.author?.id,
-                authorFlags: flags,
-                messageType: message.type ?? 0,
-                content: message.content,
-                attachments: message.attachments?.map(\.url) ?? [],
-                timestamp: Self.timestamp(of: message.id),
-                origin: origin
-            )
+            return message.chainEvent(kind: isCreate ? .create : .update, source: .gateway, guild: guild, origin: origin)
         case .messageDelete(let delete):
             guard let guild = delete.guildID else { return nil }
             return ChainEvent(kind: .delete, source: .gateway, guildID: guild, channelID: delete.channelID,
@@ -131,7 +115,29 @@ extension GatewayFrame {
     }
 
     /// Milliseconds since the Unix epoch at which a snowflake was made.
-    static func timestamp(of id: Snowflake) -> Int64 {
-        Int64(id.value >> 22) + 1_420_070_400_000
+    static func timestamp(of id: Snowflake) -> Int64 { id.timestamp }
+}
+
+extension Message {
+    /// The event-log record of this message (from the gateway, or read back from a channel's history).
+    public func chainEvent(kind: ChainEvent.Kind, source: ChainEvent.Source, guild: Snowflake, origin: String? = nil) -> ChainEvent {
+        var flags: ChainEvent.AuthorFlags = []
+        if self.author?.bot == true { flags.insert(.bot) }
+        if self.webhookID != nil { flags.insert(.webhook) }
+        return ChainEvent(
+            kind: kind,
+            source: source,
+            guildID: guild,
+            channelID: self.channelID,
+            messageID: self.id.rawValue,
+            authorID: self.author?.id,
+            authorFlags: flags,
+            authorRoles: self.member?.roles ?? [],
+            messageType: self.type ?? 0,
+            content: self.content,
+            attachments: self.attachments?.map(\.url) ?? [],
+            timestamp: self.id.timestamp,
+            origin: origin
+        )
     }
 }

@@ -37,6 +37,13 @@ public struct CreateMessage: Sendable, Encodable, Hashable {
     }
 }
 
+/// The body of a message edit: new content, still pinging nobody.
+struct MessageEdit: Encodable {
+    var content: String
+    var allowedMentions = CreateMessage.AllowedMentions()
+    enum CodingKeys: String, CodingKey { case content, allowedMentions = "allowed_mentions" }
+}
+
 /// The body of an interaction callback: `{"type":4,"data":{…}}` or `{"type":5}`.
 public struct InteractionCallback: Sendable, Encodable, Hashable {
     public var type: Int
@@ -84,12 +91,64 @@ extension DiscordRESTClient {
 
     /// `PATCH /webhooks/{application}/{token}/messages/@original`: the reply to a deferred interaction.
     public func editOriginal(application: String, token: String, content: String) async throws(DiscordRESTError) {
-        struct Edit: Encodable {
-            var content: String
-            var allowedMentions = CreateMessage.AllowedMentions()
-            enum CodingKeys: String, CodingKey { case content, allowedMentions = "allowed_mentions" }
+        try await self.send("PATCH", "/webhooks/\(application)/\(token)/messages/@original", json: Self.json(MessageEdit(content: content)))
+    }
+
+    /// `PATCH /channels/{channel}/messages/{id}`: edits one of the bot's own messages (no pings).
+    public func editMessage(channel: String, id: String, content: String) async throws(DiscordRESTError) {
+        try await self.send("PATCH", "/channels/\(channel)/messages/\(id)", json: Self.json(MessageEdit(content: content)))
+    }
+
+    /// `GET /channels/{channel}/messages?limit=…[&before=…]`: a page of history, newest first.
+    public func messages(channel: String, before: String?, limit: Int = 100) async throws(DiscordRESTError) -> [Message] {
+        var path = "/channels/\(channel)/messages?limit=\(max(1, min(100, limit)))"
+        if let before { path += "&before=\(before)" }
+        return try await self.decode([Message].self, self.send("GET", path), method: "GET", path: path)
+    }
+
+    /// `GET /guilds/{guild}/threads/active`: the guild's active threads, of every channel.
+    public func activeThreads(guild: String) async throws(DiscordRESTError) -> [DiscordChannel] {
+        let path = "/guilds/\(guild)/threads/active"
+        return try await self.decode(ThreadList.self, self.send("GET", path), method: "GET", path: path).threads
+    }
+
+    /// `GET /channels/{channel}/threads/archived/public?limit=100[&before=…]`: a page of archived public threads,
+    /// most recently archived first; page on with the last thread's `archive_timestamp`.
+    public func archivedPublicThreads(channel: String, before: String?) async throws(DiscordRESTError) -> ThreadList {
+        var path = "/channels/\(channel)/threads/archived/public?limit=100"
+        if let before, let escaped = before.addingPercentEncoding(withAllowedCharacters: .alphanumerics) {
+            path += "&before=\(escaped)"
         }
-        try await self.send("PATCH", "/webhooks/\(application)/\(token)/messages/@original", json: Self.json(Edit(content: content)))
+        return try await self.decode(ThreadList.self, self.send("GET", path), method: "GET", path: path)
+    }
+
+    /// `POST /attachments/refresh-urls`: fresh signed CDN links for stored attachment URLs, in the same order
+    /// (a URL Discord does not refresh is left out).
+    public func refreshAttachmentURLs(_ urls: [String]) async throws(DiscordRESTError) -> [String: String] {
+        struct Body: Encodable {
+            var attachmentURLs: [String]
+            enum CodingKeys: String, CodingKey { case attachmentURLs = "attachment_urls" }
+        }
+        struct Answer: Decodable {
+            struct Pair: Decodable {
+                var original: String
+                var refreshed: String
+            }
+            var refreshedURLs: [Pair]
+            enum CodingKeys: String, CodingKey { case refreshedURLs = "refreshed_urls" }
+        }
+        let path = "/attachments/refresh-urls"
+        let answer = try await self.decode(Answer.self, self.send("POST", path, json: Self.json(Body(attachmentURLs: urls))), method: "POST", path: path)
+        return Dictionary(answer.refreshedURLs.map { ($0.original, $0.refreshed) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// Decodes a 2xx answer's body; a body that does not decode is an error naming the route.
+    func decode<Value: Decodable>(_ type: Value.Type, _ response: HTTPResponse, method: String, path: String) throws(DiscordRESTError) -> Value {
+        do {
+            return try JSONDecoder().decode(type, from: Foundation.Data(response.body))
+        } catch {
+            throw DiscordRESTError(status: response.status, code: nil, message: "unexpected answer: \(error)", method: method, path: path)
+        }
     }
 
     /// `PUT /applications/{application}/commands` (or the guild's): replaces the whole command list.

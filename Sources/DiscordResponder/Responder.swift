@@ -34,6 +34,12 @@ public final class Responder: Service, Sendable {
         public var cooldown: Duration = .seconds(10)
         /// Users allowed every admin command, whatever their permissions (`OWNER_IDS`).
         public var owners: Set<String> = []
+        /// History backfills (`/train`) this responder reads at once.
+        public var backfills = 2
+        /// How long a dead responder's backfill waits before another responder takes it over.
+        public var backfillLease: Duration = .seconds(30)
+        /// How often a backfill's progress message is edited.
+        public var backfillProgressInterval: Duration = .seconds(5)
 
         public init(consumer: String) { self.consumer = consumer }
     }
@@ -56,6 +62,7 @@ public final class Responder: Service, Sendable {
     private let settings: ResponseSettings
     private let rest: DiscordRESTClient
     private let logger: Logger
+    private let backfill: BackfillRunner
     private let counters = Mutex(Statistics())
     private let botUser = Mutex<String?>(nil)
 
@@ -63,7 +70,15 @@ public final class Responder: Service, Sendable {
         self.log = log
         self.composer = ReplyComposer(store: store, prefix: configuration.commandPrefix)
         self.settings = ResponseSettings(redis: log.redis)
-        self.commands = SettingsCommands(store: store, settings: self.settings, owners: configuration.owners)
+        var backfills = BackfillStore(redis: log.redis)
+        backfills.leaseTTL = configuration.backfillLease
+        self.commands = SettingsCommands(store: store, settings: self.settings, backfills: backfills, owners: configuration.owners)
+        var backfillConfiguration = BackfillRunner.Configuration(owner: configuration.consumer)
+        backfillConfiguration.maxJobs = configuration.backfills
+        backfillConfiguration.progressInterval = configuration.backfillProgressInterval
+        self.backfill = BackfillRunner(
+            store: backfills, chains: store, log: log, rest: rest, configuration: backfillConfiguration, logger: logger
+        )
         self.rest = rest
         self.configuration = configuration
         self.logger = logger
@@ -84,6 +99,7 @@ public final class Responder: Service, Sendable {
             for partition in 0..<self.configuration.partitions {
                 group.addTask { await self.runPartition(partition) }
             }
+            if self.configuration.backfills > 0 { group.addTask { await self.backfill.run() } }
         }
         self.logger.info("responder stopped", metadata: ["responder.consumer": "\(self.configuration.consumer)"])
     }

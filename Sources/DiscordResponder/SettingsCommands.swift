@@ -8,6 +8,7 @@ import Redis
 struct SettingsCommands: Sendable {
     let store: ChainStore
     let settings: ResponseSettings
+    let backfills: BackfillStore
     let owners: Set<String>
 
     /// ADMINISTRATOR (1 << 3), MANAGE_CHANNELS (1 << 4), MANAGE_GUILD (1 << 5).
@@ -56,7 +57,19 @@ struct SettingsCommands: Sendable {
             guard let user = interaction.member?.user?.id ?? interaction.user?.id else { return "I cannot tell who you are." }
             try await self.store.rememberUser(user, guild: guild)
             return "I'll learn from your new messages again (what I forgot stays forgotten)."
+        case .train:
+            let channels = try await self.store.listenChannels(guild: guild)
+            guard !channels.isEmpty else { return "I am not learning in any channel yet: `/listen add` first, then `/train`." }
+            let channel = interaction.channelID
+            let requester = (interaction.member?.user?.id ?? interaction.user?.id)?.rawValue
+            switch try await self.backfills.start(guild: guild, channel: channel, requester: requester) {
+            case .started:
+                return "Reading the history of \(list(channels)) and their threads; progress shows in \(channel.map { mention($0.rawValue) } ?? "this channel")."
+            case .alreadyRunning(let job):
+                return "I am already reading this server's history (\(BackfillProgress.grouped(job.messages)) messages so far)."
+            }
         case .deleteData:
+            try await self.backfills.cancel(guild: guild)
             let keys = try await self.store.deleteGuild(guild)
             return "Deleted this server's model (\(keys) keys). I start learning from scratch."
         }

@@ -35,13 +35,15 @@ public struct Trigger: Sendable, Hashable {
         case forgetMe, rememberMe
         /// `/delete-data`: the guild's whole model.
         case deleteData
+        /// `/train`: read the history of the channels enabled for learning.
+        case train
 
         /// Whether only admins (Administrator, Manage Guild or Manage Channels, or an owner) may use it.
         public var needsAdmin: Bool {
             switch self {
             case .forgetMe, .rememberMe: false
             case .listen(let action, _), .autorespond(let action, _): action != .list
-            case .chance, .deleteData: true
+            case .chance, .deleteData, .train: true
             }
         }
     }
@@ -119,6 +121,8 @@ public struct Trigger: Sendable, Hashable {
             return Trigger(kind: .slash, request: .command(.rememberMe))
         case "delete-data":
             return Trigger(kind: .slash, request: .command(.deleteData))
+        case "train":
+            return Trigger(kind: .slash, request: .command(.train))
         default:
             return Trigger(kind: .slash, request: .unsupported(name))
         }

@@ -181,8 +181,12 @@ public final class FakeDiscord: Sendable {
 
     /// A MESSAGE_CREATE payload's `d`.
     public static func messageJSON(id: UInt64, channel: UInt64, guild: UInt64, author: UInt64, content: String,
-                                   bot: Bool = false) -> String {
-        "{\"id\":\"\(id)\",\"channel_id\":\"\(channel)\",\"guild_id\":\"\(guild)\",\"author\":{\"id\":\"\(author)\",\"username\":\"u\(author)\"\(bot ? ",\"bot\":true" : "")},\"content\":\(jsonString(content)),\"type\":0,\"mentions\":[],\"attachments\":[],\"timestamp\":\"2024-01-01T00:00:00.000000+00:00\"}"
+                                   bot: Bool = false, roles: [UInt64] = [], attachments: [String] = []) -> String {
+        let roleList = roles.map { "\"\($0)\"" }.joined(separator: ",")
+        let attachmentList = attachments.enumerated().map { index, url in
+            "{\"id\":\"\(id)\(index)\",\"filename\":\"f\(index).png\",\"size\":1,\"url\":\(jsonString(url)),\"proxy_url\":\(jsonString(url))}"
+        }.joined(separator: ",")
+        return "{\"id\":\"\(id)\",\"channel_id\":\"\(channel)\",\"guild_id\":\"\(guild)\",\"author\":{\"id\":\"\(author)\",\"username\":\"u\(author)\"\(bot ? ",\"bot\":true" : "")},\"member\":{\"roles\":[\(roleList)]},\"content\":\(jsonString(content)),\"type\":0,\"mentions\":[],\"attachments\":[\(attachmentList)],\"timestamp\":\"2024-01-01T00:00:00.000000+00:00\"}"
     }
 
     /// A JSON string literal.
@@ -335,9 +339,9 @@ public final class FakeDiscord: Sendable {
     }
 
     /// Discovery here (it needs the port and the identify count), everything else in ``rest``.
-    func handleREST(method: String, path: String, authorization: String?, body: [UInt8]) -> FakeREST.Answer {
+    func handleREST(method: String, path: String, query: String, authorization: String?, body: [UInt8]) -> FakeREST.Answer {
         guard method == "GET", path == "/api/v10/gateway/bot" else {
-            return self.rest.handle(method: method, path: path, authorization: authorization, body: body)
+            return self.rest.handle(method: method, path: path, query: query, authorization: authorization, body: body)
         }
         guard authorization == "Bot \(self.configuration.token)" else {
             return FakeREST.Answer(status: 401, body: #"{"message":"401: Unauthorized","code":0}"#)

@@ -24,9 +24,10 @@ final class RESTHandler: ChannelInboundHandler, RemovableChannelHandler, Sendabl
                 defer { request = nil }
                 return request
             }) else { return }
-            let path = head.uri.split(separator: "?").first.map(String.init) ?? head.uri
+            let parts = head.uri.split(separator: "?", maxSplits: 1).map(String.init)
+            let path = parts.first ?? head.uri
             let answer = self.fake.handleREST(
-                method: head.method.rawValue, path: path, authorization: head.headers.first(name: "Authorization"),
+                method: head.method.rawValue, path: path, query: parts.count > 1 ? parts[1] : "", authorization: head.headers.first(name: "Authorization"),
                 body: Array(body.readableBytesView)
             )
             self.fake.recordHTTP("\(head.method.rawValue) \(path)")

@@ -51,6 +51,8 @@ public struct ChainEvent: Sendable, Hashable {
     public var messageIDs: [String]
     public var authorID: Snowflake?
     public var authorFlags: AuthorFlags
+    /// The author's roles in the guild, for creates from the gateway (the responders' role restriction).
+    public var authorRoles: [Snowflake]
     /// Discord's message type: 0 default, 19 reply; others are system messages.
     public var messageType: Int
     /// The text, for create and update; `nil` on an update that did not change the content.
@@ -75,6 +77,7 @@ public struct ChainEvent: Sendable, Hashable {
         messageIDs: [String] = [],
         authorID: Snowflake? = nil,
         authorFlags: AuthorFlags = [],
+        authorRoles: [Snowflake] = [],
         messageType: Int = 0,
         content: String? = nil,
         attachments: [String] = [],
@@ -90,6 +93,7 @@ public struct ChainEvent: Sendable, Hashable {
         self.messageIDs = messageIDs
         self.authorID = authorID
         self.authorFlags = authorFlags
+        self.authorRoles = authorRoles
         self.messageType = messageType
         self.content = content
         self.attachments = attachments
@@ -109,6 +113,7 @@ public struct ChainEvent: Sendable, Hashable {
         if !self.messageIDs.isEmpty { fields.append(("ids", Array(self.messageIDs.joined(separator: ",").utf8))) }
         if let authorID { fields.append(("author", Array(authorID.rawValue.utf8))) }
         if !self.authorFlags.isEmpty { fields.append(("aflags", Array(String(self.authorFlags.rawValue).utf8))) }
+        if !self.authorRoles.isEmpty { fields.append(("roles", Array(self.authorRoles.map(\.rawValue).joined(separator: ",").utf8))) }
         if self.messageType != 0 { fields.append(("mtype", Array(String(self.messageType).utf8))) }
         if let content { fields.append(("content", Array(content.utf8))) }
         if !self.attachments.isEmpty { fields.append(("att", Array(self.attachments.joined(separator: "\n").utf8))) }
@@ -146,6 +151,7 @@ public struct ChainEvent: Sendable, Hashable {
         self.messageIDs = text("ids").map { $0.split(separator: ",").map(String.init) } ?? []
         self.authorID = try snowflake("author")
         self.authorFlags = AuthorFlags(rawValue: text("aflags").flatMap { Int($0) } ?? 0)
+        self.authorRoles = text("roles").map { $0.split(separator: ",").compactMap { Snowflake($0) } } ?? []
         self.messageType = text("mtype").flatMap { Int($0) } ?? 0
         self.content = text("content")
         self.attachments = text("att").map { $0.split(separator: "\n").map(String.init) } ?? []

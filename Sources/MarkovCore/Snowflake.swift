@@ -19,6 +19,17 @@ public struct Snowflake: Hashable, Sendable, Comparable, CustomStringConvertible
 
     public var description: String { self.rawValue }
 
+    /// Discord's epoch (2015-01-01) in milliseconds since the Unix epoch.
+    public static let discordEpoch: Int64 = 1_420_070_400_000
+
+    /// Milliseconds since the Unix epoch at which the id was made (its top 42 bits).
+    public var timestamp: Int64 { Int64(self.value >> 22) + Self.discordEpoch }
+
+    /// The smallest id made at `timestamp` (milliseconds since the Unix epoch), for "before"/"after" cursors.
+    public init(timestamp: Int64) {
+        self.rawValue = String(UInt64(max(0, timestamp - Self.discordEpoch)) << 22)
+    }
+
     public static func < (lhs: Snowflake, rhs: Snowflake) -> Bool {
         lhs.rawValue.count != rhs.rawValue.count ? lhs.rawValue.count < rhs.rawValue.count : lhs.rawValue < rhs.rawValue
     }

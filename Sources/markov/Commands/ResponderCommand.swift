@@ -19,13 +19,24 @@ struct Responder: AsyncParsableCommand {
     @Option(help: "Seconds the bot stays quiet in a channel after speaking there unasked.") var cooldown = 10
     @Option(help: "Seconds an entry may sit unacknowledged (a dead responder, a failed reply) before it is tried again.")
     var claimAfter = 30
+    @Option(help: "History backfills (/train) this responder reads at once (0: none).") var backfills = 2
+    @Option(help: "Seconds a dead responder's backfill waits before another takes it over.") var backfillLease = 30
+    @Option(help: "Seconds between edits of a backfill's progress message.") var backfillProgress = 5
 
     func run() async throws {
         LoggingSetup.once
         let context = try await RoleContext(options: self.options, label: "markov.responder")
-        let responder = try Self.makeResponder(
-            context: context, maxAge: self.maxAge, cooldown: self.cooldown, claimAfter: self.claimAfter
-        )
+        guard self.backfills >= 0, self.backfillLease > 0, self.backfillProgress > 0 else {
+            throw ValidationError("--backfills must be at least 0; --backfill-lease and --backfill-progress at least 1")
+        }
+        var responderOptions = ResponderOptions()
+        responderOptions.maxAge = self.maxAge
+        responderOptions.cooldown = self.cooldown
+        responderOptions.claimAfter = self.claimAfter
+        responderOptions.backfills = self.backfills
+        responderOptions.backfillLease = self.backfillLease
+        responderOptions.backfillProgress = self.backfillProgress
+        let responder = try Self.makeResponder(context: context, options: responderOptions)
         let group = ServiceGroup(
             configuration: .init(
                 services: [
@@ -53,15 +64,26 @@ struct Responder: AsyncParsableCommand {
         return rest
     }
 
-    static func makeResponder(
-        context: RoleContext, maxAge: Int = 300, cooldown: Int = 10, claimAfter: Int = 30
-    ) throws -> DiscordResponder.Responder {
+    /// The responder's command-line settings, in seconds (defaults for `markov up`).
+    struct ResponderOptions {
+        var maxAge = 300
+        var cooldown = 10
+        var claimAfter = 30
+        var backfills = 2
+        var backfillLease = 30
+        var backfillProgress = 5
+    }
+
+    static func makeResponder(context: RoleContext, options: ResponderOptions = .init()) throws -> DiscordResponder.Responder {
         var configuration = DiscordResponder.Responder.Configuration(consumer: RoleContext.consumerName(role: "responder"))
         configuration.partitions = context.configuration.partitions
         configuration.commandPrefix = context.configuration.commandPrefix
-        configuration.maxAge = .seconds(maxAge)
-        configuration.cooldown = .seconds(cooldown)
-        configuration.claimAfter = .seconds(claimAfter)
+        configuration.maxAge = .seconds(options.maxAge)
+        configuration.cooldown = .seconds(options.cooldown)
+        configuration.claimAfter = .seconds(options.claimAfter)
+        configuration.backfills = options.backfills
+        configuration.backfillLease = .seconds(options.backfillLease)
+        configuration.backfillProgressInterval = .seconds(options.backfillProgress)
         configuration.owners = context.configuration.ownerIDs
         return DiscordResponder.Responder(
             store: context.store, log: context.log, rest: try Self.restClient(context: context),
@@ -103,7 +125,8 @@ struct RegisterCommands: AsyncParsableCommand {
                        {"name":"channel","type":7,"description":"Only in this channel","required":false}]}]},
          {"name":"forget-me","type":1,"description":"Forget my messages and never learn from me again"},
          {"name":"remember-me","type":1,"description":"Learn from my new messages again"},
-         {"name":"delete-data","type":1,"description":"Delete this server's whole model","default_member_permissions":"32"}]
+         {"name":"delete-data","type":1,"description":"Delete this server's whole model","default_member_permissions":"32"},
+         {"name":"train","type":1,"description":"Learn from the history of the channels markov listens to","default_member_permissions":"16"}]
         """#
 
     func run() async throws {

@@ -1,0 +1,43 @@
+import MarkovCore
+
+/// A channel or thread, with what the history backfill needs (`GET /guilds/{id}/threads/active`,
+/// `GET /channels/{id}/threads/archived/public`).
+public struct DiscordChannel: Sendable, Codable, Hashable {
+    public var id: Snowflake
+    /// 0 text, 2 voice, 5 announcement, 10/11/12 threads, 15 forum, 16 media.
+    public var type: Int
+    /// A thread's channel (or a channel's category).
+    public var parentID: Snowflake?
+    public var threadMetadata: ThreadMetadata?
+
+    public struct ThreadMetadata: Sendable, Codable, Hashable {
+        public var archived: Bool?
+        /// ISO 8601; archived threads are listed newest archive first and paged with `before=<this>`.
+        public var archiveTimestamp: String?
+        private enum CodingKeys: String, CodingKey { case archived, archiveTimestamp = "archive_timestamp" }
+        public init(archived: Bool? = nil, archiveTimestamp: String? = nil) {
+            self.archived = archived
+            self.archiveTimestamp = archiveTimestamp
+        }
+    }
+
+    private enum CodingKeys: String, CodingKey { case id, type, parentID = "parent_id", threadMetadata = "thread_metadata" }
+
+    public init(id: Snowflake, type: Int, parentID: Snowflake? = nil, threadMetadata: ThreadMetadata? = nil) {
+        self.id = id
+        self.type = type
+        self.parentID = parentID
+        self.threadMetadata = threadMetadata
+    }
+}
+
+/// A page of threads: `{"threads":[…],"has_more":…}`.
+public struct ThreadList: Sendable, Codable {
+    public var threads: [DiscordChannel]
+    public var hasMore: Bool?
+    private enum CodingKeys: String, CodingKey { case threads, hasMore = "has_more" }
+    public init(threads: [DiscordChannel], hasMore: Bool? = nil) {
+        self.threads = threads
+        self.hasMore = hasMore
+    }
+}
