@@ -53,6 +53,8 @@ public final class Responder: Service, Sendable {
         public var deferred = 0
         /// Answers given unasked (random chance, auto-respond).
         public var unasked = 0
+        /// Triggers not answered because of the guild's channel or role restrictions.
+        public var restricted = 0
     }
 
     public let configuration: Configuration
@@ -192,6 +194,7 @@ public final class Responder: Service, Sendable {
         if let bot, event.authorID?.rawValue == bot { return true }
         let content = event.content ?? ""
         var trigger = Trigger.detect(content: content, botUserID: bot, prefix: self.configuration.commandPrefix)
+        let unasked = trigger == nil
         if trigger == nil {
             // Unasked: in an auto-respond channel, or by chance; either way not more often than the cooldown.
             guard self.isFresh(event), await self.speaksUnasked(event, messageID: messageID, channel: channel) else { return true }
@@ -201,7 +204,14 @@ public final class Responder: Service, Sendable {
         guard let trigger, self.isFresh(event) else { return true }
         let marker = Self.answeredMarker(guild: event.guildID, trigger: messageID)
         do throws(any Error) {
-            if try await self.alreadyAnswered(marker) { return true }
+            let (answered, restrictions) = try await self.precheck(marker, guild: event.guildID, channel: channel, roles: event.authorRoles)
+            if answered { return true }
+            // Outside the channels singled out, or from someone without a role allowed to ask: no answer.
+            let owner = event.authorID.map { self.configuration.owners.contains($0.rawValue) } ?? false
+            guard restrictions.channelAllowed, restrictions.roleAllowed || unasked || owner else {
+                self.counters.withLock { $0.restricted += 1 }
+                return true
+            }
             let text = try await self.composer.reply(to: trigger.request, guild: event.guildID)
             try await self.rest.createMessage(
                 channel: channel.rawValue,
@@ -224,7 +234,18 @@ public final class Responder: Service, Sendable {
         guard self.isFresh(event) else { return true }
         let marker = Self.answeredMarker(guild: event.guildID, trigger: interaction.id.rawValue)
         do throws(any Error) {
-            if try await self.alreadyAnswered(marker) { return true }
+            let (answered, restrictions) = try await self.precheck(
+                marker, guild: event.guildID, channel: interaction.channelID ?? Snowflake("0")!, roles: interaction.member?.roles ?? []
+            )
+            if answered { return true }
+            if case .sentence = trigger.request, let refusal = self.refusal(restrictions, interaction: interaction) {
+                self.counters.withLock { $0.restricted += 1 }
+                try await self.rest.interactionCallback(
+                    id: interaction.id.rawValue, token: interaction.token, .reply(refusal, ephemeral: true)
+                )
+                try await self.markAnswered(marker)
+                return true
+            }
             // Discord wants an answer within 3 s: reply at once when the sentence is ready in time, else say
             // "thinking" and edit the reply in when it is.
             let composer = self.composer
@@ -311,11 +332,28 @@ public final class Responder: Service, Sendable {
         "\(ChainKeys(guild: guild).prefix):answered:\(trigger)"
     }
 
-    /// Whether a trigger was answered already (counted as a skipped duplicate).
-    private func alreadyAnswered(_ marker: String) async throws(RedisError) -> Bool {
-        guard try await self.log.redis.send(RedisCommand("EXISTS", .string(marker))).int == 1 else { return false }
-        self.counters.withLock { $0.duplicatesSkipped += 1 }
-        return true
+    /// In one round trip: whether a trigger was answered already (counted as a skipped duplicate), and the guild's
+    /// restrictions for it.
+    private func precheck(
+        _ marker: String, guild: Snowflake, channel: Snowflake, roles: [Snowflake]
+    ) async throws(RedisError) -> (answered: Bool, restrictions: ResponseSettings.Restrictions) {
+        let commands = [RedisCommand("EXISTS", .string(marker))]
+            + ResponseSettings.restrictionCommands(guild: guild, channel: channel, roles: roles)
+        var replies: [RedisReply] = []
+        for result in await self.log.redis.pipeline(commands) { replies.append(try result.get()) }
+        let answered = replies[0].int == 1
+        if answered { self.counters.withLock { $0.duplicatesSkipped += 1 } }
+        return (answered, ResponseSettings.restrictions(from: replies.dropFirst()))
+    }
+
+    /// Why `/mark` is refused here, if it is: a channel not singled out, or a member without a role allowed to ask
+    /// (admins and owners may always ask).
+    private func refusal(_ restrictions: ResponseSettings.Restrictions, interaction: Interaction) -> String? {
+        if !restrictions.channelAllowed { return "I don't answer in this channel (`/reply-channels list` says where I do)." }
+        if !restrictions.roleAllowed, !self.commands.isAdmin(interaction) {
+            return "Only some roles may ask me here (`/ask-roles list`)."
+        }
+        return nil
     }
 
     private func markAnswered(_ marker: String) async throws(RedisError) {

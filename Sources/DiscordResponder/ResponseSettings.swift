@@ -9,6 +9,8 @@ import Redis
 /// | `{g:<id>}:chance` | hash `guild` or `<channel>` → parts per million | the chance to answer any human message (a channel's value overrides the guild's) |
 /// | `{g:<id>}:autorespond` | set of channel ids | channels where every human message is answered, seeded by it |
 /// | `{g:<id>}:cooldown:<channel>` | string with an expiry | the bot spoke unasked in the channel recently |
+/// | `{g:<id>}:reply-channels` | set of channel ids | when not empty, the only channels where the bot answers |
+/// | `{g:<id>}:ask-roles` | set of role ids | when not empty, only members with one of these roles (or admins) may ask |
 public struct ResponseSettings: Sendable {
     public let redis: RedisClient
 
@@ -18,6 +20,71 @@ public struct ResponseSettings: Sendable {
     static func autorespondKey(_ guild: Snowflake) -> String { "\(ChainKeys(guild: guild).prefix):autorespond" }
     static func cooldownKey(_ guild: Snowflake, _ channel: Snowflake) -> String {
         "\(ChainKeys(guild: guild).prefix):cooldown:\(channel.rawValue)"
+    }
+
+    static func replyChannelsKey(_ guild: Snowflake) -> String { "\(ChainKeys(guild: guild).prefix):reply-channels" }
+    static func askRolesKey(_ guild: Snowflake) -> String { "\(ChainKeys(guild: guild).prefix):ask-roles" }
+
+    /// Where the bot may answer and who may ask, for one trigger.
+    public struct Restrictions: Sendable, Hashable {
+        /// The channel is one where the bot answers (or no channel is singled out).
+        public var channelAllowed = true
+        /// The author has a role allowed to ask (or no role is singled out).
+        public var roleAllowed = true
+        public init() {}
+    }
+
+    /// The commands that read the restrictions for a trigger in `channel` by an author with `roles` (pipelined by
+    /// the caller with whatever else it needs from the guild); ``restrictions(from:)`` reads their replies.
+    static func restrictionCommands(guild: Snowflake, channel: Snowflake, roles: [Snowflake]) -> [RedisCommand] {
+        let channels = Self.replyChannelsKey(guild), askRoles = Self.askRolesKey(guild)
+        var commands = [
+            RedisCommand("SCARD", .string(channels)), RedisCommand("SISMEMBER", .string(channels), .string(channel.rawValue)),
+            RedisCommand("SCARD", .string(askRoles)),
+        ]
+        if !roles.isEmpty {
+            commands.append(RedisCommand("SMISMEMBER", [.string(askRoles)] + roles.map { .string($0.rawValue) }))
+        }
+        return commands
+    }
+
+    static func restrictions(from replies: ArraySlice<RedisReply>) -> Restrictions {
+        let values = Array(replies)
+        var restrictions = Restrictions()
+        guard values.count >= 3 else { return restrictions }
+        restrictions.channelAllowed = values[0].int == 0 || values[1].int == 1
+        let memberships = values.count > 3 ? (values[3].array ?? []).map { $0.int == 1 } : []
+        restrictions.roleAllowed = values[2].int == 0 || memberships.contains(true)
+        return restrictions
+    }
+
+    /// The restrictions for one trigger.
+    public func restrictions(guild: Snowflake, channel: Snowflake, roles: [Snowflake]) async throws(RedisError) -> Restrictions {
+        var replies: [RedisReply] = []
+        for result in await self.redis.pipeline(Self.restrictionCommands(guild: guild, channel: channel, roles: roles)) {
+            replies.append(try result.get())
+        }
+        return Self.restrictions(from: replies[...])
+    }
+
+    /// Adds or removes a channel where the bot answers (none: everywhere).
+    public func setReplyChannel(_ enabled: Bool, guild: Snowflake, channel: Snowflake) async throws(RedisError) {
+        try await self.redis.send(RedisCommand(enabled ? "SADD" : "SREM", .string(Self.replyChannelsKey(guild)), .string(channel.rawValue)))
+    }
+
+    public func replyChannels(guild: Snowflake) async throws(RedisError) -> [String] {
+        let reply = try await self.redis.send(RedisCommand("SMEMBERS", .string(Self.replyChannelsKey(guild))))
+        return (reply.array ?? []).compactMap(\.string).sorted()
+    }
+
+    /// Adds or removes a role allowed to ask (none: everyone).
+    public func setAskRole(_ enabled: Bool, guild: Snowflake, role: Snowflake) async throws(RedisError) {
+        try await self.redis.send(RedisCommand(enabled ? "SADD" : "SREM", .string(Self.askRolesKey(guild)), .string(role.rawValue)))
+    }
+
+    public func askRoles(guild: Snowflake) async throws(RedisError) -> [String] {
+        let reply = try await self.redis.send(RedisCommand("SMEMBERS", .string(Self.askRolesKey(guild))))
+        return (reply.array ?? []).compactMap(\.string).sorted()
     }
 
     /// The chance, in parts per million, of answering a message in `channel` unasked.

@@ -44,6 +44,25 @@ struct SettingsCommands: Sendable {
             guard let channel, let id = Snowflake(channel) else { return "That is not a channel." }
             try await self.settings.setAutorespond(action == .add, guild: guild, channel: id)
             return action == .add ? "I'll answer every message in \(mention(channel))." : "I stopped answering every message in \(mention(channel))."
+        case .replyChannels(let action, let channel):
+            if action == .list || channel == nil {
+                let channels = try await self.settings.replyChannels(guild: guild)
+                return channels.isEmpty ? "I answer in every channel." : "I answer only in \(list(channels))."
+            }
+            guard let channel, let id = Snowflake(channel) else { return "That is not a channel." }
+            try await self.settings.setReplyChannel(action == .add, guild: guild, channel: id)
+            let channels = try await self.settings.replyChannels(guild: guild)
+            return channels.isEmpty ? "I answer in every channel again." : "I answer only in \(list(channels))."
+        case .askRoles(let action, let role):
+            func roles(_ ids: [String]) -> String { ids.map { "<@&\($0)>" }.joined(separator: ", ") }
+            if action == .list {
+                let ids = try await self.settings.askRoles(guild: guild)
+                return ids.isEmpty ? "Everyone may ask me." : "Only members with \(roles(ids)) (and admins) may ask me."
+            }
+            guard let role, let id = Snowflake(role) else { return "Name a role." }
+            try await self.settings.setAskRole(action == .add, guild: guild, role: id)
+            let ids = try await self.settings.askRoles(guild: guild)
+            return ids.isEmpty ? "Everyone may ask me again." : "Only members with \(roles(ids)) (and admins) may ask me."
         case .chance(let percent, let channel):
             guard (0...100).contains(percent) else { return "The chance is a percentage from 0 to 100." }
             let id = channel.flatMap { Snowflake($0) }

@@ -37,12 +37,17 @@ public struct Trigger: Sendable, Hashable {
         case deleteData
         /// `/train`: read the history of the channels enabled for learning.
         case train
+        /// `/reply-channels add|remove|list [channel]`: the only channels where the bot answers (none: all).
+        case replyChannels(Action, channel: String?)
+        /// `/ask-roles add|remove|list role`: the only roles whose members may ask (none: everyone).
+        case askRoles(Action, role: String?)
 
         /// Whether only admins (Administrator, Manage Guild or Manage Channels, or an owner) may use it.
         public var needsAdmin: Bool {
             switch self {
             case .forgetMe, .rememberMe: false
-            case .listen(let action, _), .autorespond(let action, _): action != .list
+            case .listen(let action, _), .autorespond(let action, _), .replyChannels(let action, _), .askRoles(let action, _):
+                action != .list
             case .chance, .deleteData, .train: true
             }
         }
@@ -99,14 +104,22 @@ public struct Trigger: Sendable, Hashable {
                            tts: flag("tts"))
         case "help":
             return Trigger(kind: .slash, request: .help)
-        case "listen", "autorespond":
+        case "listen", "autorespond", "reply-channels":
             guard let action = subcommand.flatMap({ SlashCommand.Action(rawValue: $0.name) }) else {
                 return Trigger(kind: .slash, request: .unsupported(name))
             }
             let channel = string("channel") ?? interaction.channelID?.rawValue
-            return Trigger(kind: .slash, request: .command(
-                name == "listen" ? .listen(action, channel: channel) : .autorespond(action, channel: channel)
-            ))
+            let command: SlashCommand = switch name {
+            case "listen": .listen(action, channel: channel)
+            case "autorespond": .autorespond(action, channel: channel)
+            default: .replyChannels(action, channel: channel)
+            }
+            return Trigger(kind: .slash, request: .command(command))
+        case "ask-roles":
+            guard let action = subcommand.flatMap({ SlashCommand.Action(rawValue: $0.name) }) else {
+                return Trigger(kind: .slash, request: .unsupported(name))
+            }
+            return Trigger(kind: .slash, request: .command(.askRoles(action, role: string("role"))))
         case "chance":
             let percent: Double
             switch options.first(where: { $0.name == "percent" })?.value {

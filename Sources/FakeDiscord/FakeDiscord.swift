@@ -358,12 +358,12 @@ public final class FakeDiscord: Sendable {
     @discardableResult
     public func dispatchInteraction(
         shard: Int, id: UInt64, guild: UInt64, channel: UInt64, user: UInt64, name: String, options: String = "[]",
-        permissions: String = "0", token: String? = nil
+        permissions: String = "0", token: String? = nil, roles: [UInt64] = []
     ) throws -> String {
         let json = """
             {"id":"\(id)","application_id":"\(self.configuration.applicationID)","type":2,"token":"\(token ?? "itoken-\(id)")",\
             "guild_id":"\(guild)","channel_id":"\(channel)","member":{"user":{"id":"\(user)"},"permissions":"\(permissions)",\
-            "roles":[]},"data":{"id":"1","name":"\(name)","type":1,"options":\(options)}}
+            "roles":[\(roles.map { "\"\($0)\"" }.joined(separator: ","))]},"data":{"id":"1","name":"\(name)","type":1,"options":\(options)}}
             """
         self.rest.interactionCreated(String(id))
         try self.dispatch(shard: shard, event: "INTERACTION_CREATE", json: json)

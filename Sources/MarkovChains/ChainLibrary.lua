@@ -715,6 +715,9 @@ local function delete_guild(keys, args)
     end
     removed = removed + redis.call('UNLINK', meta, P .. ':big', P .. ':m', P .. ':h', P .. ':listen',
         P .. ':optout', P .. ':cfg')
+    -- The responders' settings and backfill of the guild go with it.
+    removed = removed + redis.call('UNLINK', P .. ':chance', P .. ':autorespond', P .. ':reply-channels',
+        P .. ':ask-roles', P .. ':backfill', P .. ':backfill:queue')
     return removed
 end
 

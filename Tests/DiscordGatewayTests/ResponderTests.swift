@@ -47,10 +47,13 @@ extension GatewayIntegrationTests {
             return (group, task, responder)
         }
 
-        func message(_ fake: FakeDiscord, _ index: UInt64, _ content: String, author: UInt64 = 9, bot: Bool = false) throws -> String {
+        func message(
+            _ fake: FakeDiscord, _ index: UInt64, _ content: String, author: UInt64 = 9, bot: Bool = false,
+            channel: UInt64 = Self.channel, roles: [UInt64] = []
+        ) throws -> String {
             let id = Self.base + index
             try fake.dispatch(shard: 0, event: "MESSAGE_CREATE", json: FakeDiscord.messageJSON(
-                id: id, channel: Self.channel, guild: Self.guild, author: author, content: content, bot: bot
+                id: id, channel: channel, guild: Self.guild, author: author, content: content, bot: bot, roles: roles
             ))
             return String(id)
         }
@@ -176,6 +179,51 @@ extension GatewayIntegrationTests {
             #expect(try await store.totals(guild: guild)["messages", default: 0] == 0)
             let listed = try await self.command(fake, id: 72, name: "listen", options: #"[{"name":"list","type":1}]"#, permissions: "0")
             #expect(listed?.contains("<#\(Self.channel)>") == true, "listing is open to everyone")
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
+        @Test("the bot answers only in the channels singled out, and only members with a role allowed to ask (admins always)")
+        func restrictions() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let (group, task, responder) = try await self.start(harness, fake)
+            let other: UInt64 = 8
+            let onlyOther = #"[{"name":"add","type":1,"options":[{"name":"channel","type":7,"value":"\#(other)"}]}]"#
+            let set = try await self.command(fake, id: 80, name: "reply-channels", options: onlyOther, permissions: "16")
+            #expect(set?.contains("I answer only in <#\(other)>") == true)
+            _ = try self.message(fake, 81, "!mark")  // channel 7: not answered
+            let there = try self.message(fake, 82, "!mark", channel: other)
+            try await GatewayHarness.eventually("the reply in the channel singled out") { fake.rest.messageCount == 1 }
+            try await GatewayHarness.eventually("the other trigger to be refused") { responder.statistics.restricted == 1 }
+            #expect(fake.rest.messages.map(\.replyTo) == [there])
+            let refused = try await self.command(fake, id: 83, name: "mark", options: "[]", permissions: "0")
+            #expect(refused?.contains("I don't answer in this channel") == true)
+            let removeOther = #"[{"name":"remove","type":1,"options":[{"name":"channel","type":7,"value":"\#(other)"}]}]"#
+            let cleared = try await self.command(fake, id: 84, name: "reply-channels", options: removeOther, permissions: "16")
+            #expect(cleared?.contains("every channel again") == true)
+
+            // Only role 77 may ask.
+            let role = #"[{"name":"add","type":1,"options":[{"name":"role","type":8,"value":"77"}]}]"#
+            let notAdmin = try await self.command(fake, id: 85, name: "ask-roles", options: role, permissions: "0")
+            #expect(notAdmin?.contains("Only members with Administrator") == true)
+            let roles = try await self.command(fake, id: 86, name: "ask-roles", options: role, permissions: "16")
+            #expect(roles?.contains("<@&77>") == true)
+            _ = try self.message(fake, 87, "!mark", roles: [5])
+            let allowed = try self.message(fake, 88, "!mark", roles: [5, 77])
+            try await GatewayHarness.eventually("the member with the role to be answered") { fake.rest.messageCount == 2 }
+            try await GatewayHarness.eventually("the member without it to be refused") { responder.statistics.restricted == 3 }
+            #expect(fake.rest.messages.map(\.replyTo) == [there, allowed])
+            let noRole = try await self.command(fake, id: 89, name: "mark", options: "[]", permissions: "0")
+            #expect(noRole?.contains("Only some roles may ask me") == true)
+            let admin = try fake.dispatchInteraction(
+                shard: 0, id: Self.base + 90, guild: Self.guild, channel: Self.channel, user: 9, name: "mark", permissions: "8"
+            )
+            try await GatewayHarness.eventually("the admin's /mark to be answered") {
+                let request = fake.rest.requests.first { $0.path.hasPrefix("/api/v10/interactions/\(admin)/") }
+                return ((request?.json?["data"] as? [String: Any])?["flags"] as? Int) == nil && request != nil
+            }
             await group.triggerGracefulShutdown()
             try await task.value
             await fake.stop()

@@ -16,6 +16,10 @@ struct Settings: AsyncParsableCommand {
     @Option(help: "Let an opted-out user's new messages be learnt again (repeatable).") var rememberUser: [String] = []
     @Option(help: "Answer every human message in a channel (repeatable).") var autorespond: [String] = []
     @Option(help: "Stop answering every message in a channel (repeatable).") var noAutorespond: [String] = []
+    @Option(help: "Answer only in this channel and the others added (repeatable).") var replyChannel: [String] = []
+    @Option(help: "Stop answering in a channel singled out with --reply-channel (repeatable).") var noReplyChannel: [String] = []
+    @Option(help: "Let only members with this role (and the others added) ask (repeatable).") var askRole: [String] = []
+    @Option(help: "Remove a role added with --ask-role (repeatable).") var noAskRole: [String] = []
     @Option(help: "The chance, in percent (fractions allowed), of answering a message unasked in the guild.")
     var chance: Double?
 
@@ -30,6 +34,10 @@ struct Settings: AsyncParsableCommand {
         let responses = ResponseSettings(redis: context.redis)
         for channel in self.autorespond { try await responses.setAutorespond(true, guild: guild, channel: try snowflake(channel, "--autorespond")) }
         for channel in self.noAutorespond { try await responses.setAutorespond(false, guild: guild, channel: try snowflake(channel, "--no-autorespond")) }
+        for channel in self.replyChannel { try await responses.setReplyChannel(true, guild: guild, channel: try snowflake(channel, "--reply-channel")) }
+        for channel in self.noReplyChannel { try await responses.setReplyChannel(false, guild: guild, channel: try snowflake(channel, "--no-reply-channel")) }
+        for role in self.askRole { try await responses.setAskRole(true, guild: guild, role: try snowflake(role, "--ask-role")) }
+        for role in self.noAskRole { try await responses.setAskRole(false, guild: guild, role: try snowflake(role, "--no-ask-role")) }
         if let chance {
             guard (0...100).contains(chance) else { throw ValidationError("--chance is a percentage from 0 to 100") }
             try await responses.setChance(Int((chance * 10_000).rounded()), guild: guild, channel: nil)
@@ -38,6 +46,10 @@ struct Settings: AsyncParsableCommand {
         print("  learning in channels: \(try await context.store.listenChannels(guild: guild).joined(separator: ", "))")
         print("  opted-out users: \(try await context.store.optedOutUsers(guild: guild).joined(separator: ", "))")
         print("  auto-respond channels: \(try await responses.autorespondChannels(guild: guild).joined(separator: ", "))")
+        let replyChannels = try await responses.replyChannels(guild: guild)
+        print("  answers in channels: \(replyChannels.isEmpty ? "all" : replyChannels.joined(separator: ", "))")
+        let askRoles = try await responses.askRoles(guild: guild)
+        print("  roles that may ask: \(askRoles.isEmpty ? "everyone" : askRoles.joined(separator: ", "))")
         let chances = try await responses.chances(guild: guild).sorted { $0.key < $1.key }
         print("  chance to answer unasked: " + chances.map { "\($0.key == "guild" ? "guild" : "channel \($0.key)") \(Double($0.value) / 10_000)%" }.joined(separator: ", "))
     }
