@@ -10,6 +10,14 @@ public struct CreateMessage: Sendable, Encodable, Hashable {
     /// At most 25 characters; with `enforceNonce`, Discord returns the earlier message instead of posting twice.
     public var nonce: String?
     public var enforceNonce: Bool?
+    /// An image shown under the text (a reply with an image the guild posted).
+    public var embeds: [Embed]?
+
+    public struct Embed: Sendable, Encodable, Hashable {
+        public struct Image: Sendable, Encodable, Hashable { public var url: String }
+        public var image: Image
+        public init(imageURL: String) { self.image = Image(url: imageURL) }
+    }
 
     public struct AllowedMentions: Sendable, Encodable, Hashable {
         public var parse: [String] = []
@@ -33,7 +41,7 @@ public struct CreateMessage: Sendable, Encodable, Hashable {
 
     private enum CodingKeys: String, CodingKey {
         case content, tts, allowedMentions = "allowed_mentions", messageReference = "message_reference", nonce,
-            enforceNonce = "enforce_nonce"
+            enforceNonce = "enforce_nonce", embeds
     }
 }
 
@@ -55,7 +63,8 @@ public struct InteractionCallback: Sendable, Encodable, Hashable {
         public var allowedMentions = CreateMessage.AllowedMentions()
         /// 64: only the invoking user sees it.
         public var flags: Int?
-        private enum CodingKeys: String, CodingKey { case content, tts, allowedMentions = "allowed_mentions", flags }
+        public var embeds: [CreateMessage.Embed]?
+        private enum CodingKeys: String, CodingKey { case content, tts, allowedMentions = "allowed_mentions", flags, embeds }
     }
 
     /// An immediate reply.

@@ -204,19 +204,20 @@ public final class Responder: Service, Sendable {
         guard let trigger, self.isFresh(event) else { return true }
         let marker = Self.answeredMarker(guild: event.guildID, trigger: messageID)
         do throws(any Error) {
-            let (answered, restrictions) = try await self.precheck(marker, guild: event.guildID, channel: channel, roles: event.authorRoles)
+            let (answered, rules) = try await self.precheck(marker, guild: event.guildID, channel: channel, roles: event.authorRoles)
             if answered { return true }
             // Outside the channels singled out, or from someone without a role allowed to ask: no answer.
             let owner = event.authorID.map { self.configuration.owners.contains($0.rawValue) } ?? false
-            guard restrictions.channelAllowed, restrictions.roleAllowed || unasked || owner else {
+            guard rules.channelAllowed, rules.roleAllowed || unasked || owner else {
                 self.counters.withLock { $0.restricted += 1 }
                 return true
             }
             let text = try await self.composer.reply(to: trigger.request, guild: event.guildID)
-            try await self.rest.createMessage(
-                channel: channel.rawValue,
-                CreateMessage(content: text, replyTo: messageID, nonce: Self.nonce(for: messageID), tts: trigger.tts)
-            )
+            var message = CreateMessage(content: text, replyTo: messageID, nonce: Self.nonce(for: messageID), tts: trigger.tts)
+            if case .sentence = trigger.request {
+                message.embeds = await self.image(guild: event.guildID, trigger: messageID, chance: rules.imageChance)
+            }
+            try await self.rest.createMessage(channel: channel.rawValue, message)
             try await self.markAnswered(marker)
             self.counters.withLock { $0.replies += 1 }
             ResponderMetrics.replied(trigger.kind.rawValue, since: event.timestamp)
@@ -234,11 +235,11 @@ public final class Responder: Service, Sendable {
         guard self.isFresh(event) else { return true }
         let marker = Self.answeredMarker(guild: event.guildID, trigger: interaction.id.rawValue)
         do throws(any Error) {
-            let (answered, restrictions) = try await self.precheck(
+            let (answered, rules) = try await self.precheck(
                 marker, guild: event.guildID, channel: interaction.channelID ?? Snowflake("0")!, roles: interaction.member?.roles ?? []
             )
             if answered { return true }
-            if case .sentence = trigger.request, let refusal = self.refusal(restrictions, interaction: interaction) {
+            if case .sentence = trigger.request, let refusal = self.refusal(rules, interaction: interaction) {
                 self.counters.withLock { $0.restricted += 1 }
                 try await self.rest.interactionCallback(
                     id: interaction.id.rawValue, token: interaction.token, .reply(refusal, ephemeral: true)
@@ -261,10 +262,11 @@ public final class Responder: Service, Sendable {
             }
             let quick = await Self.result(of: generation, within: self.configuration.interactionDeferAfter)
             if let quick {
-                try await self.rest.interactionCallback(
-                    id: interaction.id.rawValue, token: interaction.token,
-                    .reply(try quick.get(), tts: trigger.tts, ephemeral: ephemeral)
-                )
+                var reply = InteractionCallback.reply(try quick.get(), tts: trigger.tts, ephemeral: ephemeral)
+                if case .sentence = trigger.request {
+                    reply.data?.embeds = await self.image(guild: guild, trigger: interaction.id.rawValue, chance: rules.imageChance)
+                }
+                try await self.rest.interactionCallback(id: interaction.id.rawValue, token: interaction.token, reply)
             } else {
                 self.counters.withLock { $0.deferred += 1 }
                 try await self.rest.interactionCallback(id: interaction.id.rawValue, token: interaction.token, .deferred)
@@ -336,19 +338,36 @@ public final class Responder: Service, Sendable {
     /// restrictions for it.
     private func precheck(
         _ marker: String, guild: Snowflake, channel: Snowflake, roles: [Snowflake]
-    ) async throws(RedisError) -> (answered: Bool, restrictions: ResponseSettings.Restrictions) {
+    ) async throws(RedisError) -> (answered: Bool, rules: ResponseSettings.ReplyRules) {
         let commands = [RedisCommand("EXISTS", .string(marker))]
-            + ResponseSettings.restrictionCommands(guild: guild, channel: channel, roles: roles)
+            + ResponseSettings.ruleCommands(guild: guild, channel: channel, roles: roles)
         var replies: [RedisReply] = []
         for result in await self.log.redis.pipeline(commands) { replies.append(try result.get()) }
         let answered = replies[0].int == 1
         if answered { self.counters.withLock { $0.duplicatesSkipped += 1 } }
-        return (answered, ResponseSettings.restrictions(from: replies.dropFirst()))
+        return (answered, ResponseSettings.rules(from: replies.dropFirst()))
+    }
+
+    /// An image the guild posted, for a reply that wins the image chance (decided by the trigger's id, so a
+    /// redelivery decides the same): a stored attachment URL, refreshed through Discord (CDN links expire). Nil when
+    /// the roll is lost, the guild has no images or anything fails (the reply then goes without).
+    private func image(guild: Snowflake, trigger: String, chance: Int) async -> [CreateMessage.Embed]? {
+        guard chance > 0, ResponseSettings.wins(messageID: trigger + ":image", partsPerMillion: chance) else { return nil }
+        do throws(any Error) {
+            let key = "\(ChainKeys(guild: guild).prefix):img"
+            let pair = try await self.log.redis.send(RedisCommand("HRANDFIELD", .string(key), 1, "WITHVALUES")).array ?? []
+            guard pair.count == 2, let url = pair[1].string else { return nil }
+            let refreshed = try await self.rest.refreshAttachmentURLs([url])
+            return [CreateMessage.Embed(imageURL: refreshed[url] ?? url)]
+        } catch {
+            self.logger.notice("no image for the reply", metadata: ["guild": "\(guild)", "error": "\(error)"])
+            return nil
+        }
     }
 
     /// Why `/mark` is refused here, if it is: a channel not singled out, or a member without a role allowed to ask
     /// (admins and owners may always ask).
-    private func refusal(_ restrictions: ResponseSettings.Restrictions, interaction: Interaction) -> String? {
+    private func refusal(_ restrictions: ResponseSettings.ReplyRules, interaction: Interaction) -> String? {
         if !restrictions.channelAllowed { return "I don't answer in this channel (`/reply-channels list` says where I do)." }
         if !restrictions.roleAllowed, !self.commands.isAdmin(interaction) {
             return "Only some roles may ask me here (`/ask-roles list`)."

@@ -6,7 +6,7 @@ import Redis
 ///
 /// | key | type | what |
 /// |---|---|---|
-/// | `{g:<id>}:chance` | hash `guild` or `<channel>` → parts per million | the chance to answer any human message (a channel's value overrides the guild's) |
+/// | `{g:<id>}:chance` | hash `guild` or `<channel>` → parts per million | the chance to answer any human message (a channel's value overrides the guild's); field `images`: the chance that a reply carries an image the guild posted (0 by default) |
 /// | `{g:<id>}:autorespond` | set of channel ids | channels where every human message is answered, seeded by it |
 /// | `{g:<id>}:cooldown:<channel>` | string with an expiry | the bot spoke unasked in the channel recently |
 /// | `{g:<id>}:reply-channels` | set of channel ids | when not empty, the only channels where the bot answers |
@@ -25,20 +25,23 @@ public struct ResponseSettings: Sendable {
     static func replyChannelsKey(_ guild: Snowflake) -> String { "\(ChainKeys(guild: guild).prefix):reply-channels" }
     static func askRolesKey(_ guild: Snowflake) -> String { "\(ChainKeys(guild: guild).prefix):ask-roles" }
 
-    /// Where the bot may answer and who may ask, for one trigger.
-    public struct Restrictions: Sendable, Hashable {
+    /// Where the bot may answer, who may ask, and how often a reply carries an image, for one trigger.
+    public struct ReplyRules: Sendable, Hashable {
         /// The channel is one where the bot answers (or no channel is singled out).
         public var channelAllowed = true
         /// The author has a role allowed to ask (or no role is singled out).
         public var roleAllowed = true
+        /// The chance, in parts per million, that the reply carries an image the guild posted.
+        public var imageChance = 0
         public init() {}
     }
 
-    /// The commands that read the restrictions for a trigger in `channel` by an author with `roles` (pipelined by
-    /// the caller with whatever else it needs from the guild); ``restrictions(from:)`` reads their replies.
-    static func restrictionCommands(guild: Snowflake, channel: Snowflake, roles: [Snowflake]) -> [RedisCommand] {
+    /// The commands that read the rules for a trigger in `channel` by an author with `roles` (pipelined by the
+    /// caller with whatever else it needs from the guild); ``rules(from:)`` reads their replies.
+    static func ruleCommands(guild: Snowflake, channel: Snowflake, roles: [Snowflake]) -> [RedisCommand] {
         let channels = Self.replyChannelsKey(guild), askRoles = Self.askRolesKey(guild)
         var commands = [
+            RedisCommand("HGET", .string(Self.chanceKey(guild)), "images"),
             RedisCommand("SCARD", .string(channels)), RedisCommand("SISMEMBER", .string(channels), .string(channel.rawValue)),
             RedisCommand("SCARD", .string(askRoles)),
         ]
@@ -48,23 +51,31 @@ public struct ResponseSettings: Sendable {
         return commands
     }
 
-    static func restrictions(from replies: ArraySlice<RedisReply>) -> Restrictions {
+    static func rules(from replies: ArraySlice<RedisReply>) -> ReplyRules {
         let values = Array(replies)
-        var restrictions = Restrictions()
-        guard values.count >= 3 else { return restrictions }
-        restrictions.channelAllowed = values[0].int == 0 || values[1].int == 1
-        let memberships = values.count > 3 ? (values[3].array ?? []).map { $0.int == 1 } : []
-        restrictions.roleAllowed = values[2].int == 0 || memberships.contains(true)
-        return restrictions
+        var rules = ReplyRules()
+        guard values.count >= 4 else { return rules }
+        rules.imageChance = values[0].string.flatMap { Int($0) } ?? 0
+        rules.channelAllowed = values[1].int == 0 || values[2].int == 1
+        let memberships = values.count > 4 ? (values[4].array ?? []).map { $0.int == 1 } : []
+        rules.roleAllowed = values[3].int == 0 || memberships.contains(true)
+        return rules
     }
 
-    /// The restrictions for one trigger.
-    public func restrictions(guild: Snowflake, channel: Snowflake, roles: [Snowflake]) async throws(RedisError) -> Restrictions {
+    /// The rules for one trigger.
+    public func rules(guild: Snowflake, channel: Snowflake, roles: [Snowflake]) async throws(RedisError) -> ReplyRules {
         var replies: [RedisReply] = []
-        for result in await self.redis.pipeline(Self.restrictionCommands(guild: guild, channel: channel, roles: roles)) {
+        for result in await self.redis.pipeline(Self.ruleCommands(guild: guild, channel: channel, roles: roles)) {
             replies.append(try result.get())
         }
-        return Self.restrictions(from: replies[...])
+        return Self.rules(from: replies[...])
+    }
+
+    /// Sets the chance, in parts per million, that a reply carries an image the guild posted (0: never).
+    public func setImageChance(_ partsPerMillion: Int, guild: Snowflake) async throws(RedisError) {
+        try await self.redis.send(
+            RedisCommand("HSET", .string(Self.chanceKey(guild)), "images", .integer(max(0, min(1_000_000, partsPerMillion))))
+        )
     }
 
     /// Adds or removes a channel where the bot answers (none: everywhere).

@@ -44,6 +44,10 @@ struct SettingsCommands: Sendable {
             guard let channel, let id = Snowflake(channel) else { return "That is not a channel." }
             try await self.settings.setAutorespond(action == .add, guild: guild, channel: id)
             return action == .add ? "I'll answer every message in \(mention(channel))." : "I stopped answering every message in \(mention(channel))."
+        case .images(let percent):
+            guard (0...100).contains(percent) else { return "The chance is a percentage from 0 to 100." }
+            try await self.settings.setImageChance(Int((percent * 10_000).rounded()), guild: guild)
+            return percent == 0 ? "My replies carry no images." : "\(percent)% of my replies carry an image posted here before."
         case .replyChannels(let action, let channel):
             if action == .list || channel == nil {
                 let channels = try await self.settings.replyChannels(guild: guild)

@@ -39,6 +39,8 @@ public struct Trigger: Sendable, Hashable {
         case train
         /// `/reply-channels add|remove|list [channel]`: the only channels where the bot answers (none: all).
         case replyChannels(Action, channel: String?)
+        /// `/images percent`: the chance that a reply carries an image the guild posted.
+        case images(percent: Double)
         /// `/ask-roles add|remove|list role`: the only roles whose members may ask (none: everyone).
         case askRoles(Action, role: String?)
 
@@ -48,7 +50,7 @@ public struct Trigger: Sendable, Hashable {
             case .forgetMe, .rememberMe: false
             case .listen(let action, _), .autorespond(let action, _), .replyChannels(let action, _), .askRoles(let action, _):
                 action != .list
-            case .chance, .deleteData, .train: true
+            case .chance, .deleteData, .train, .images: true
             }
         }
     }
@@ -128,6 +130,12 @@ public struct Trigger: Sendable, Hashable {
             default: return Trigger(kind: .slash, request: .unsupported(name))
             }
             return Trigger(kind: .slash, request: .command(.chance(percent: percent, channel: string("channel"))))
+        case "images":
+            switch options.first(where: { $0.name == "percent" })?.value {
+            case .number(let value)?: return Trigger(kind: .slash, request: .command(.images(percent: value)))
+            case .integer(let value)?: return Trigger(kind: .slash, request: .command(.images(percent: Double(value))))
+            default: return Trigger(kind: .slash, request: .unsupported(name))
+            }
         case "forget-me":
             return Trigger(kind: .slash, request: .command(.forgetMe))
         case "remember-me":

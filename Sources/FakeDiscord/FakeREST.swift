@@ -30,6 +30,8 @@ public final class FakeREST: Sendable {
         public var allowedMentionsParse: [String]?
         public var nonce: String?
         public var tts: Bool
+        /// The URLs of the embeds' images.
+        public var images: [String] = []
     }
 
     /// A message of a channel's history, served by `GET /channels/{id}/messages`.
@@ -280,7 +282,8 @@ public final class FakeREST: Sendable {
             id: id, channel: channel, content: content, replyTo: reference?["message_id"] as? String,
             failIfNotExists: reference?["fail_if_not_exists"] as? Bool,
             allowedMentionsParse: (object["allowed_mentions"] as? [String: Any])?["parse"] as? [String],
-            nonce: nonce, tts: object["tts"] as? Bool ?? false
+            nonce: nonce, tts: object["tts"] as? Bool ?? false,
+            images: (object["embeds"] as? [[String: Any]] ?? []).compactMap { ($0["image"] as? [String: Any])?["url"] as? String }
         ))
         if let nonce { state.nonces[channel + "/" + nonce] = id }
         return Answer(status: 200, body: #"{"id":"\#(id)","channel_id":"\#(channel)"}"#, headers: headers)

@@ -405,9 +405,11 @@ local function remember_record(chain, P, n, id, author, tokens, hashes, chash)
     redis.call('HINCRBY', P .. ':meta', 'messages', 1)
 end
 
--- markov_apply(meta; n, then ops of 8 fields: kind, id, author, channel, force, tokens, state hashes, content hash)
+-- markov_apply(meta; n, then ops of 9 fields: kind, id, author, channel, force, tokens, state hashes, content hash,
+--   image URL)
 --   kind 'c' create: learnt unless the id is known (duplicate, replay, or deleted), the channel is not enabled
---        for learning (unless force = '1'), or the author opted out;
+--        for learning (unless force = '1'), or the author opted out; a learnt message's image URL is kept in
+--        P:img (message id -> URL) until the message is deleted, emptied or its author forgotten;
 --   kind 'u' update: replaces the learnt tokens of a known message; for a message not seen yet, keeps the tokens
 --        for its create ('~tokens');
 --   kind 'd' delete: forgets a known message and remembers the id as deleted.
@@ -421,10 +423,10 @@ local function apply(keys, args)
     local chain = new_chain(meta)
     local created, updated, deleted, skipped = 0, 0, 0, 0
     local listen, optout = P .. ':listen', P .. ':optout'
-    local mk = P .. ':m'
-    for i = 2, #args, 8 do
+    local mk, ik = P .. ':m', P .. ':img'
+    for i = 2, #args, 9 do
         local kind, id, author, channel, force, tokens = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4], args[i + 5]
-        local hashes, chash = args[i + 6], args[i + 7]
+        local hashes, chash, image = args[i + 6], args[i + 7], args[i + 8]
         local record = redis.call('HGET', mk, id)
         if kind == 'c' and record and string.sub(record, 1, 1) == '~' then
             -- Edited before this create arrived: learn the edited text.
@@ -440,6 +442,7 @@ local function apply(keys, args)
                 skipped = skipped + 1
             else
                 remember_record(chain, P, n, id, author, tokens, hashes, chash)
+                if image and image ~= '' then redis.call('HSET', ik, id, image) end
                 created = created + 1
             end
         elseif kind == 'u' then
@@ -457,6 +460,7 @@ local function apply(keys, args)
                     forget_record(chain, P, n, record)
                     if tokens == '' then
                         redis.call('HDEL', mk, id)
+                        redis.call('HDEL', ik, id)
                     else
                         remember_record(chain, P, n, id, old_author, tokens, hashes, chash)
                     end
@@ -474,6 +478,7 @@ local function apply(keys, args)
                     skipped = skipped + 1
                 end
                 redis.call('HSET', mk, id, '-')
+                redis.call('HDEL', ik, id)
             end
         else
             return redis.error_reply('ERR markov_apply: unknown op kind ' .. tostring(kind))
@@ -693,6 +698,7 @@ local function forget_user(keys, args)
         if string.sub(record, 1, #needle) == needle then
             forget_record(chain, P, n, record)
             redis.call('HSET', P .. ':m', flat[i], '-')
+            redis.call('HDEL', P .. ':img', flat[i])
             forgotten = forgotten + 1
         end
     end
@@ -716,7 +722,7 @@ local function delete_guild(keys, args)
     removed = removed + redis.call('UNLINK', meta, P .. ':big', P .. ':m', P .. ':h', P .. ':listen',
         P .. ':optout', P .. ':cfg')
     -- The responders' settings and backfill of the guild go with it.
-    removed = removed + redis.call('UNLINK', P .. ':chance', P .. ':autorespond', P .. ':reply-channels',
+    removed = removed + redis.call('UNLINK', P .. ':img', P .. ':chance', P .. ':autorespond', P .. ':reply-channels',
         P .. ':ask-roles', P .. ':backfill', P .. ':backfill:queue')
     return removed
 end

@@ -26,8 +26,8 @@ public struct ChainStore: Sendable {
     /// One change to a guild's messages, as the trainer sends it.
     public enum Operation: Sendable, Hashable {
         /// Learn a message unless its id is known, its channel is not enabled (unless `force`), or its author
-        /// opted out.
-        case create(id: String, author: String, channel: String, force: Bool, message: LearnedMessage)
+        /// opted out; keep its `image` URL (for replies with an image) as long as the message is learnt.
+        case create(id: String, author: String, channel: String, force: Bool, message: LearnedMessage, image: String? = nil)
         /// Replace what a known message contributed; empty tokens forget it.
         case update(id: String, message: LearnedMessage)
         /// Forget a message and remember it as deleted.
@@ -54,17 +54,18 @@ public struct ChainStore: Sendable {
     /// The arguments of `markov_apply` after its key.
     private func applyArguments(_ operations: [Operation]) -> [RedisArgument] {
         var arguments: [RedisArgument] = [.integer(self.stateSize)]
-        arguments.reserveCapacity(4 + operations.count * 8)
+        arguments.reserveCapacity(4 + operations.count * 9)
         for operation in operations {
             switch operation {
-            case .create(let id, let author, let channel, let force, let message):
+            case .create(let id, let author, let channel, let force, let message, let image):
                 arguments += ["c", .string(id), .string(author), .string(channel), force ? "1" : "0",
-                              .string(message.tokens), .string(message.stateHashes), .string(message.contentHash)]
+                              .string(message.tokens), .string(message.stateHashes), .string(message.contentHash),
+                              .string(image ?? "")]
             case .update(let id, let message):
                 arguments += ["u", .string(id), "", "", "0", .string(message.tokens), .string(message.stateHashes),
-                              .string(message.contentHash)]
+                              .string(message.contentHash), ""]
             case .delete(let id):
-                arguments += ["d", .string(id), "", "", "0", "", "", ""]
+                arguments += ["d", .string(id), "", "", "0", "", "", "", ""]
             }
         }
         return arguments

@@ -334,7 +334,8 @@ public final class Trainer: Service, Sendable {
                 return nil
             }
             return .apply([.create(id: id, author: event.authorID?.rawValue ?? "0", channel: event.channelID?.rawValue ?? "",
-                                   force: force, message: LearnedMessage(tokens: tokens, stateSize: self.store.stateSize))])
+                                   force: force, message: LearnedMessage(tokens: tokens, stateSize: self.store.stateSize),
+                                   image: event.attachments.first(where: ChainEvent.isImage))])
         case .update:
             guard let id = event.messageID, let content = event.content else { return nil }
             var tokens = Tokenizer.tokens(content)

@@ -102,6 +102,13 @@ public struct ChainEvent: Sendable, Hashable {
         self.origin = origin
     }
 
+    /// Whether an attachment URL names an image (by its file extension; Discord's CDN keeps the file name).
+    public static func isImage(_ url: String) -> Bool {
+        guard url.utf8.count <= 2048 else { return false }
+        let path = url.split(separator: "?", maxSplits: 1).first.map { $0.lowercased() } ?? ""
+        return [".png", ".jpg", ".jpeg", ".gif", ".webp"].contains { path.hasSuffix($0) }
+    }
+
     /// The stream fields, in a fixed order: `v`, `kind`, `src`, `guild`, then those that are set.
     public var fields: [(String, [UInt8])] {
         var fields: [(String, [UInt8])] = [

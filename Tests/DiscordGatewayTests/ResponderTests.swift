@@ -49,11 +49,12 @@ extension GatewayIntegrationTests {
 
         func message(
             _ fake: FakeDiscord, _ index: UInt64, _ content: String, author: UInt64 = 9, bot: Bool = false,
-            channel: UInt64 = Self.channel, roles: [UInt64] = []
+            channel: UInt64 = Self.channel, roles: [UInt64] = [], attachments: [String] = []
         ) throws -> String {
             let id = Self.base + index
             try fake.dispatch(shard: 0, event: "MESSAGE_CREATE", json: FakeDiscord.messageJSON(
-                id: id, channel: channel, guild: Self.guild, author: author, content: content, bot: bot, roles: roles
+                id: id, channel: channel, guild: Self.guild, author: author, content: content, bot: bot, roles: roles,
+                attachments: attachments
             ))
             return String(id)
         }
@@ -224,6 +225,44 @@ extension GatewayIntegrationTests {
                 let request = fake.rest.requests.first { $0.path.hasPrefix("/api/v10/interactions/\(admin)/") }
                 return ((request?.json?["data"] as? [String: Any])?["flags"] as? Int) == nil && request != nil
             }
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
+        @Test("with /images, replies carry an image the guild posted, refreshed through Discord; a deleted message's image goes")
+        func images() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let (group, task, _) = try await self.start(harness, fake)
+            let url = "https://cdn.discordapp.com/attachments/7/1/zebra.png?ex=old&is=1"
+            let posted = try self.message(fake, 100, "zebras enjoy pictures", attachments: [url, "https://cdn.discordapp.com/a/notes.txt"])
+            _ = try self.message(fake, 101, "zebras enjoy text", attachments: ["https://cdn.discordapp.com/a/notes.txt"])
+            let images = "{g:\(Self.guild)}:img"
+            try await GatewayHarness.eventually("the image to be kept") {
+                try await harness.redis.send(RedisCommand("HGETALL", .string(images))).array?.compactMap(\.string) == [posted, url]
+            }
+            let off = try self.message(fake, 102, "!mark")
+            try await GatewayHarness.eventually("the reply without an image (off by default)") { fake.rest.messageCount == 1 }
+            let set = try await self.command(
+                fake, id: 103, name: "images", options: #"[{"name":"percent","type":10,"value":100}]"#, permissions: "16"
+            )
+            #expect(set?.contains("100.0% of my replies carry an image") == true)
+            let on = try self.message(fake, 104, "!mark")
+            try await GatewayHarness.eventually("the reply with an image") { fake.rest.messageCount == 2 }
+            let replies = Dictionary(uniqueKeysWithValues: fake.rest.messages.map { ($0.replyTo ?? "", $0.images) })
+            #expect(replies[off] == [])
+            #expect(replies[on] == ["https://cdn.discordapp.com/attachments/7/1/zebra.png?ex=refreshed"], "the link is refreshed first")
+            #expect(fake.rest.requests.contains { $0.path.hasSuffix("/attachments/refresh-urls") })
+
+            // The message is deleted: its image goes with it.
+            try fake.dispatch(shard: 0, event: "MESSAGE_DELETE", json: #"{"id":"\#(posted)","channel_id":"\#(Self.channel)","guild_id":"\#(Self.guild)"}"#)
+            try await GatewayHarness.eventually("the image to go") {
+                try await harness.redis.send(RedisCommand("HLEN", .string(images))).int == 0
+            }
+            let after = try self.message(fake, 105, "!mark")
+            try await GatewayHarness.eventually("a reply without an image") { fake.rest.messageCount == 3 }
+            #expect(fake.rest.messages.first { $0.replyTo == after }?.images == [])
             await group.triggerGracefulShutdown()
             try await task.value
             await fake.stop()

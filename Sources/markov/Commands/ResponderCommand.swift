@@ -123,6 +123,8 @@ struct RegisterCommands: AsyncParsableCommand {
           "options":[{"name":"set","type":1,"description":"Set the chance","options":[
                        {"name":"percent","type":10,"description":"0 to 100; fractions allowed","required":true,"min_value":0,"max_value":100},
                        {"name":"channel","type":7,"description":"Only in this channel","required":false}]}]},
+         {"name":"images","type":1,"description":"How often a reply carries an image posted here before","default_member_permissions":"16",
+          "options":[{"name":"percent","type":10,"description":"0 (the default) to 100","required":true,"min_value":0,"max_value":100}]},
          {"name":"reply-channels","type":1,"description":"Channels where markov answers (none: all)","default_member_permissions":"16",
           "options":[{"name":"add","type":1,"description":"Answer in a channel (and only in the channels added)","options":[{"name":"channel","type":7,"description":"The channel","required":false}]},
                      {"name":"remove","type":1,"description":"Stop answering in a channel","options":[{"name":"channel","type":7,"description":"The channel","required":false}]},

@@ -20,6 +20,8 @@ struct Settings: AsyncParsableCommand {
     @Option(help: "Stop answering in a channel singled out with --reply-channel (repeatable).") var noReplyChannel: [String] = []
     @Option(help: "Let only members with this role (and the others added) ask (repeatable).") var askRole: [String] = []
     @Option(help: "Remove a role added with --ask-role (repeatable).") var noAskRole: [String] = []
+    @Option(help: "The chance, in percent, that a reply carries an image the guild posted (0: never, the default).")
+    var imageChance: Double?
     @Option(help: "The chance, in percent (fractions allowed), of answering a message unasked in the guild.")
     var chance: Double?
 
@@ -38,6 +40,10 @@ struct Settings: AsyncParsableCommand {
         for channel in self.noReplyChannel { try await responses.setReplyChannel(false, guild: guild, channel: try snowflake(channel, "--no-reply-channel")) }
         for role in self.askRole { try await responses.setAskRole(true, guild: guild, role: try snowflake(role, "--ask-role")) }
         for role in self.noAskRole { try await responses.setAskRole(false, guild: guild, role: try snowflake(role, "--no-ask-role")) }
+        if let imageChance {
+            guard (0...100).contains(imageChance) else { throw ValidationError("--image-chance is a percentage from 0 to 100") }
+            try await responses.setImageChance(Int((imageChance * 10_000).rounded()), guild: guild)
+        }
         if let chance {
             guard (0...100).contains(chance) else { throw ValidationError("--chance is a percentage from 0 to 100") }
             try await responses.setChance(Int((chance * 10_000).rounded()), guild: guild, channel: nil)
@@ -50,7 +56,10 @@ struct Settings: AsyncParsableCommand {
         print("  answers in channels: \(replyChannels.isEmpty ? "all" : replyChannels.joined(separator: ", "))")
         let askRoles = try await responses.askRoles(guild: guild)
         print("  roles that may ask: \(askRoles.isEmpty ? "everyone" : askRoles.joined(separator: ", "))")
-        let chances = try await responses.chances(guild: guild).sorted { $0.key < $1.key }
-        print("  chance to answer unasked: " + chances.map { "\($0.key == "guild" ? "guild" : "channel \($0.key)") \(Double($0.value) / 10_000)%" }.joined(separator: ", "))
+        var chances = try await responses.chances(guild: guild)
+        let images = chances.removeValue(forKey: "images") ?? 0
+        print("  replies with an image: \(Double(images) / 10_000)%")
+        let sortedChances = chances.sorted { $0.key < $1.key }
+        print("  chance to answer unasked: " + sortedChances.map { "\($0.key == "guild" ? "guild" : "channel \($0.key)") \(Double($0.value) / 10_000)%" }.joined(separator: ", "))
     }
 }
