@@ -8,6 +8,7 @@ public struct DiscordChannel: Sendable, Codable, Hashable {
     public var type: Int
     /// A thread's channel (or a channel's category).
     public var parentID: Snowflake?
+    public var guildID: Snowflake?
     public var threadMetadata: ThreadMetadata?
 
     public struct ThreadMetadata: Sendable, Codable, Hashable {
@@ -21,12 +22,15 @@ public struct DiscordChannel: Sendable, Codable, Hashable {
         }
     }
 
-    private enum CodingKeys: String, CodingKey { case id, type, parentID = "parent_id", threadMetadata = "thread_metadata" }
+    private enum CodingKeys: String, CodingKey {
+        case id, type, parentID = "parent_id", guildID = "guild_id", threadMetadata = "thread_metadata"
+    }
 
-    public init(id: Snowflake, type: Int, parentID: Snowflake? = nil, threadMetadata: ThreadMetadata? = nil) {
+    public init(id: Snowflake, type: Int, parentID: Snowflake? = nil, guildID: Snowflake? = nil, threadMetadata: ThreadMetadata? = nil) {
         self.id = id
         self.type = type
         self.parentID = parentID
+        self.guildID = guildID
         self.threadMetadata = threadMetadata
     }
 }

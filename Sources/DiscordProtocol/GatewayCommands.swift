@@ -99,6 +99,13 @@ extension GatewayFrame {
             // `unavailable: true` is an outage, not a removal: the data stays.
             guard guild.unavailable != true else { return nil }
             return ChainEvent(kind: .guildRemoved, source: .gateway, guildID: guild.id, origin: origin)
+        case .threads(let guild, let channels):
+            // Only threads (10 announcement, 11 public, 12 private) with a parent matter: their messages are learnt
+            // when the parent channel is.
+            let threads = channels.filter { [10, 11, 12].contains($0.type) && $0.parentID != nil }
+            guard !threads.isEmpty else { return nil }
+            return ChainEvent(kind: .threads, source: .gateway, guildID: guild, messageIDs: threads.map(\.id.rawValue),
+                              threadParents: threads.map { $0.parentID!.rawValue }, origin: origin)
         case .interaction(let interaction):
             guard let guild = interaction.guildID else { return nil }
             let encoder = JSONEncoder()

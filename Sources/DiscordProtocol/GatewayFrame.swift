@@ -27,6 +27,8 @@ public struct GatewayFrame: Sendable, Decodable {
         case messageDeleteBulk(MessageDeleteBulk)
         case guildDelete(GuildDelete)
         case interaction(Interaction)
+        /// Threads and their channels: THREAD_CREATE, THREAD_UPDATE, THREAD_LIST_SYNC, and GUILD_CREATE's threads.
+        case threads(guild: Snowflake, [DiscordChannel])
         /// A dispatch the project does not use.
         case ignored
     }
@@ -34,7 +36,7 @@ public struct GatewayFrame: Sendable, Decodable {
     /// The event names forwarded to the event log. Everything else is dropped at the gateway.
     public static let forwardedEvents: Set<String> = [
         "MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE", "MESSAGE_DELETE_BULK", "GUILD_DELETE",
-        "INTERACTION_CREATE",
+        "INTERACTION_CREATE", "THREAD_CREATE", "THREAD_UPDATE", "THREAD_LIST_SYNC", "GUILD_CREATE",
     ]
 
     public init(opcode: Int, sequence: Int? = nil, eventName: String? = nil, payload: Payload) {
@@ -67,6 +69,14 @@ public struct GatewayFrame: Sendable, Decodable {
                 self.payload = .messageDeleteBulk(try container.decode(MessageDeleteBulk.self, forKey: .d))
             case "GUILD_DELETE": self.payload = .guildDelete(try container.decode(GuildDelete.self, forKey: .d))
             case "INTERACTION_CREATE": self.payload = .interaction(try container.decode(Interaction.self, forKey: .d))
+            // Thread lists are a convenience (learning in threads of enabled channels): a shape this decoder does
+            // not expect is ignored rather than failing the frame.
+            case "THREAD_CREATE", "THREAD_UPDATE":
+                let thread = try? container.decode(DiscordChannel.self, forKey: .d)
+                self.payload = thread.flatMap { thread in thread.guildID.map { .threads(guild: $0, [thread]) } } ?? .ignored
+            case "THREAD_LIST_SYNC", "GUILD_CREATE":
+                let list = try? container.decode(GuildThreads.self, forKey: .d)
+                self.payload = list.flatMap { list in (list.guildID ?? list.id).map { .threads(guild: $0, list.threads ?? []) } } ?? .ignored
             default: self.payload = .ignored
             }
         default:
@@ -143,6 +153,14 @@ public struct Message: Sendable, Codable {
         case id, channelID = "channel_id", guildID = "guild_id", author, webhookID = "webhook_id", content, type,
             attachments, member
     }
+}
+
+/// The threads of `d` in THREAD_LIST_SYNC (`guild_id`) and GUILD_CREATE (`id`); the rest is not decoded.
+struct GuildThreads: Decodable {
+    var id: Snowflake?
+    var guildID: Snowflake?
+    var threads: [DiscordChannel]?
+    private enum CodingKeys: String, CodingKey { case id, guildID = "guild_id", threads }
 }
 
 /// `d` of MESSAGE_DELETE.

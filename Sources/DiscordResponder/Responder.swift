@@ -163,7 +163,7 @@ public final class Responder: Service, Sendable {
             return await self.handleMessage(event)
         case .interaction:
             return await self.handleInteraction(event)
-        case .update, .delete, .deleteBulk, .guildRemoved:
+        case .update, .delete, .deleteBulk, .guildRemoved, .threads:
             return true
         }
     }
@@ -182,7 +182,8 @@ public final class Responder: Service, Sendable {
     /// Whether a failure is worth another try later.
     private static func isTransient(_ error: any Error) -> Bool {
         if error is RedisError { return true }
-        if let rest = error as? DiscordRESTError { return rest.status == nil || rest.status! >= 500 }
+        // No answer, a server error, or still rate limited after the client's own retries: worth another try.
+        if let rest = error as? DiscordRESTError { return rest.status == nil || rest.status! >= 500 || rest.status == 429 }
         return false
     }
 

@@ -412,7 +412,9 @@ end
 --        P:img (message id -> URL) until the message is deleted, emptied or its author forgotten;
 --   kind 'u' update: replaces the learnt tokens of a known message; for a message not seen yet, keeps the tokens
 --        for its create ('~tokens');
---   kind 'd' delete: forgets a known message and remembers the id as deleted.
+--   kind 'd' delete: forgets a known message and remembers the id as deleted;
+--   kind 't' thread: remembers the thread's channel (P:threads thread -> channel), so that a message in a thread
+--        is learnt when its channel is enabled.
 -- Returns {created, updated, deleted, skipped}.
 local function apply(keys, args)
     local meta = keys[1]
@@ -436,7 +438,8 @@ local function apply(keys, args)
         end
         if kind == 'c' then
             if record
-                or (force ~= '1' and redis.call('SISMEMBER', listen, channel) == 0)
+                or (force ~= '1' and redis.call('SISMEMBER', listen, channel) == 0
+                    and redis.call('SISMEMBER', listen, redis.call('HGET', P .. ':threads', channel) or '') == 0)
                 or redis.call('SISMEMBER', optout, author) == 1
                 or tokens == '' then
                 skipped = skipped + 1
@@ -480,6 +483,8 @@ local function apply(keys, args)
                 redis.call('HSET', mk, id, '-')
                 redis.call('HDEL', ik, id)
             end
+        elseif kind == 't' then
+            redis.call('HSET', P .. ':threads', id, channel)
         else
             return redis.error_reply('ERR markov_apply: unknown op kind ' .. tostring(kind))
         end
@@ -722,7 +727,7 @@ local function delete_guild(keys, args)
     removed = removed + redis.call('UNLINK', meta, P .. ':big', P .. ':m', P .. ':h', P .. ':listen',
         P .. ':optout', P .. ':cfg')
     -- The responders' settings and backfill of the guild go with it.
-    removed = removed + redis.call('UNLINK', P .. ':img', P .. ':chance', P .. ':autorespond', P .. ':reply-channels',
+    removed = removed + redis.call('UNLINK', P .. ':img', P .. ':threads', P .. ':chance', P .. ':autorespond', P .. ':reply-channels',
         P .. ':ask-roles', P .. ':backfill', P .. ':backfill:queue')
     return removed
 end

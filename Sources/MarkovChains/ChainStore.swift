@@ -32,6 +32,8 @@ public struct ChainStore: Sendable {
         case update(id: String, message: LearnedMessage)
         /// Forget a message and remember it as deleted.
         case delete(id: String)
+        /// Remember a thread's channel: messages in the thread are learnt when the channel is.
+        case thread(id: String, channel: String)
     }
 
     /// What an ``apply(_:guild:)`` call did.
@@ -66,6 +68,8 @@ public struct ChainStore: Sendable {
                               .string(message.contentHash), ""]
             case .delete(let id):
                 arguments += ["d", .string(id), "", "", "0", "", "", "", ""]
+            case .thread(let id, let channel):
+                arguments += ["t", .string(id), "", .string(channel), "0", "", "", "", ""]
             }
         }
         return arguments

@@ -350,6 +350,8 @@ public final class Trainer: Service, Sendable {
             return .apply(event.messageIDs.map { .delete(id: $0) })
         case .guildRemoved:
             return .removeGuild
+        case .threads:
+            return .apply(zip(event.messageIDs, event.threadParents).map { .thread(id: $0, channel: $1) })
         case .interaction:
             return nil
         }

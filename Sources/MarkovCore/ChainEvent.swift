@@ -19,6 +19,10 @@ public struct ChainEvent: Sendable, Hashable {
         /// A slash command or other interaction (`INTERACTION_CREATE`), for the responders; ``ChainEvent/payload``
         /// holds it as JSON. Trainers acknowledge it and do nothing else.
         case interaction
+        /// Threads were created or listed (THREAD_CREATE, THREAD_LIST_SYNC, GUILD_CREATE): their ids are in
+        /// ``ChainEvent/messageIDs`` and their channels in ``ChainEvent/threadParents``, so that messages in a thread
+        /// are learnt when its channel is.
+        case threads
     }
 
     /// Where the event came from.
@@ -47,8 +51,10 @@ public struct ChainEvent: Sendable, Hashable {
     public var channelID: Snowflake?
     /// The message, for create, update and delete.
     public var messageID: String?
-    /// The messages of a bulk delete.
+    /// The messages of a bulk delete; the threads of a ``Kind/threads`` event.
     public var messageIDs: [String]
+    /// The channel of each thread of a ``Kind/threads`` event, in the order of ``messageIDs``.
+    public var threadParents: [String]
     public var authorID: Snowflake?
     public var authorFlags: AuthorFlags
     /// The author's roles in the guild, for creates from the gateway (the responders' role restriction).
@@ -75,6 +81,7 @@ public struct ChainEvent: Sendable, Hashable {
         channelID: Snowflake? = nil,
         messageID: String? = nil,
         messageIDs: [String] = [],
+        threadParents: [String] = [],
         authorID: Snowflake? = nil,
         authorFlags: AuthorFlags = [],
         authorRoles: [Snowflake] = [],
@@ -91,6 +98,7 @@ public struct ChainEvent: Sendable, Hashable {
         self.channelID = channelID
         self.messageID = messageID
         self.messageIDs = messageIDs
+        self.threadParents = threadParents
         self.authorID = authorID
         self.authorFlags = authorFlags
         self.authorRoles = authorRoles
@@ -118,6 +126,7 @@ public struct ChainEvent: Sendable, Hashable {
         if let channelID { fields.append(("channel", Array(channelID.rawValue.utf8))) }
         if let messageID { fields.append(("id", Array(messageID.utf8))) }
         if !self.messageIDs.isEmpty { fields.append(("ids", Array(self.messageIDs.joined(separator: ",").utf8))) }
+        if !self.threadParents.isEmpty { fields.append(("parents", Array(self.threadParents.joined(separator: ",").utf8))) }
         if let authorID { fields.append(("author", Array(authorID.rawValue.utf8))) }
         if !self.authorFlags.isEmpty { fields.append(("aflags", Array(String(self.authorFlags.rawValue).utf8))) }
         if !self.authorRoles.isEmpty { fields.append(("roles", Array(self.authorRoles.map(\.rawValue).joined(separator: ",").utf8))) }
@@ -156,6 +165,7 @@ public struct ChainEvent: Sendable, Hashable {
         self.channelID = try snowflake("channel")
         self.messageID = text("id")
         self.messageIDs = text("ids").map { $0.split(separator: ",").map(String.init) } ?? []
+        self.threadParents = text("parents").map { $0.split(separator: ",").map(String.init) } ?? []
         self.authorID = try snowflake("author")
         self.authorFlags = AuthorFlags(rawValue: text("aflags").flatMap { Int($0) } ?? 0)
         self.authorRoles = text("roles").map { $0.split(separator: ",").compactMap { Snowflake($0) } } ?? []
@@ -174,6 +184,10 @@ public struct ChainEvent: Sendable, Hashable {
             guard !self.messageIDs.isEmpty else { throw DecodingError(description: "delete_bulk without ids") }
         case .guildRemoved:
             break
+        case .threads:
+            guard !self.messageIDs.isEmpty, self.messageIDs.count == self.threadParents.count,
+                  (self.messageIDs + self.threadParents).allSatisfy({ Snowflake($0) != nil })
+            else { throw DecodingError(description: "threads without matching thread and channel ids") }
         case .interaction:
             guard self.payload != nil else { throw DecodingError(description: "interaction without payload") }
         }

@@ -129,7 +129,9 @@ extension GatewayIntegrationTests {
             #expect(pageReads.count >= expectedPages && pageReads.count <= expectedPages + 2, "pages read: \(pageReads.count) for \(expectedPages)")
             #expect(!pageReads.contains { $0.path.contains("/channels/\(Self.channel(4))/") }, "a channel not listened to is not read")
 
-            // Progress: one progress message, edited with speed and time left; the report replies to it.
+            // Progress: one progress message, edited with speed and time left; the report replies to it (posted
+            // just after the backfill is marked done).
+            try await GatewayHarness.eventually("the report") { fake.rest.messages.count >= 2 }
             let posted = fake.rest.messages
             // (Its content is the final state by now; the report's nonce ends in "r".)
             let progress = posted.filter { $0.nonce?.hasPrefix("bf") == true && $0.nonce?.hasSuffix("r") == false }

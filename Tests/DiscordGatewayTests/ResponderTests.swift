@@ -230,6 +230,31 @@ extension GatewayIntegrationTests {
             await fake.stop()
         }
 
+        @Test("messages in a thread are learnt when the thread's channel is")
+        func threads() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let (group, task, _) = try await self.start(harness, fake)
+            let guild = Self.guild
+            try fake.dispatch(shard: 0, event: "THREAD_CREATE", json: #"{"id":"70","type":11,"guild_id":"\#(guild)","parent_id":"\#(Self.channel)"}"#)
+            try fake.dispatch(shard: 0, event: "THREAD_CREATE", json: #"{"id":"71","type":11,"guild_id":"\#(guild)","parent_id":"8"}"#)
+            try await GatewayHarness.eventually("the threads to be recorded") {
+                try await harness.redis.send(RedisCommand("HLEN", .string("{g:\(guild)}:threads"))).int == 2
+            }
+            _ = try self.message(fake, 110, "zebras in a thread", channel: 70)
+            _ = try self.message(fake, 111, "zebras in another thread", channel: 71)
+            _ = try self.message(fake, 112, "zebras in the channel")
+            let store = ChainStore(redis: harness.redis, stateSize: 2)
+            try await GatewayHarness.eventually("the two messages to be learnt") {
+                try await store.totals(guild: Snowflake(String(guild))!)["messages"] == 2
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await store.totals(guild: Snowflake(String(guild))!)["messages"] == 2, "not the thread of a channel not enabled")
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
         @Test("with /images, replies carry an image the guild posted, refreshed through Discord; a deleted message's image goes")
         func images() async throws {
             let harness = try await GatewayHarness()

@@ -256,6 +256,28 @@ import Testing
         #expect(interaction.data?.options?.last?.value == .bool(true))
     }
 
+    @Test func threadsAreRecordedWithTheirChannels() throws {
+        let created = try GatewayFrame.decode(Data(#"{"op":0,"s":9,"t":"THREAD_CREATE","d":{"id":"70","type":11,"guild_id":"8","parent_id":"7","name":"t"}}"#.utf8))
+        let event = try #require(created.chainEvent(shard: 0))
+        #expect(event.kind == .threads)
+        #expect(event.messageIDs == ["70"] && event.threadParents == ["7"])
+        #expect(try ChainEvent(fields: Dictionary(uniqueKeysWithValues: event.fields)) == event)
+        let guild = try GatewayFrame.decode(Data(#"{"op":0,"s":10,"t":"GUILD_CREATE","d":{"id":"8","name":"g","channels":[{"id":"7","type":0}],"threads":[{"id":"71","type":11,"parent_id":"7"},{"id":"72","type":12,"parent_id":"9"},{"id":"73","type":0}]}}"#.utf8))
+        let listed = try #require(guild.chainEvent(shard: 0))
+        #expect(listed.guildID == Snowflake("8"))
+        #expect(listed.messageIDs == ["71", "72"] && listed.threadParents == ["7", "9"], "channels that are not threads are left out")
+        // A shape not expected, or a guild without threads: ignored, never a failed frame.
+        let odd = try GatewayFrame.decode(Data(#"{"op":0,"s":11,"t":"GUILD_CREATE","d":{"id":8,"threads":"x"}}"#.utf8))
+        #expect(odd.chainEvent(shard: 0) == nil)
+        #expect(odd.sequence == 11)
+        let empty = try GatewayFrame.decode(Data(#"{"op":0,"s":12,"t":"GUILD_CREATE","d":{"id":"8","unavailable":true}}"#.utf8))
+        #expect(empty.chainEvent(shard: 0) == nil)
+        // A record whose threads and channels do not match is refused.
+        var fields = Dictionary(uniqueKeysWithValues: listed.fields)
+        fields["parents"] = Array("7".utf8)
+        #expect(throws: ChainEvent.DecodingError.self) { try ChainEvent(fields: fields) }
+    }
+
     @Test func malformedFramesThrow() {
         for bad in ["", "{", "[]", #"{"op":"x"}"#, #"{"op":0,"s":1,"t":"MESSAGE_CREATE","d":{"id":5}}"#, "\u{0}"] {
             #expect(throws: (any Error).self) { try GatewayFrame.decode(Data(bad.utf8)) }
