@@ -157,8 +157,12 @@ local function format_header(T, n, at, pending, neg, live)
     return '*' .. T .. ' ' .. n .. ' ' .. at .. ' ' .. pending .. ' ' .. neg .. ' ' .. live
 end
 
+-- Alias tables rebuilt by the current call (returned by markov_apply for the trainers' metrics).
+local rebuilds = 0
+
 -- Rebuilds a big state's alias table from its counts; returns its new header.
 local function rebuild_big(P, state)
+    rebuilds = rebuilds + 1
     local sk, ak, pk, nk = big_keys(P, state)
     local flat = redis.call('HGETALL', sk)
     local toks, counts = {}, {}
@@ -415,8 +419,9 @@ end
 --   kind 'd' delete: forgets a known message and remembers the id as deleted;
 --   kind 't' thread: remembers the thread's channel (P:threads thread -> channel), so that a message in a thread
 --        is learnt when its channel is enabled.
--- Returns {created, updated, deleted, skipped}.
+-- Returns {created, updated, deleted, skipped, alias tables rebuilt}.
 local function apply(keys, args)
+    rebuilds = 0
     local meta = keys[1]
     local P = prefix_of(meta)
     local n = tonumber(args[1])
@@ -490,7 +495,7 @@ local function apply(keys, args)
         end
     end
     chain:flush()
-    return { created, updated, deleted, skipped }
+    return { created, updated, deleted, skipped, rebuilds }
 end
 
 -- Sampling ----------------------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ public struct ChainStore: Sendable {
         public var updated = 0
         public var deleted = 0
         public var skipped = 0
+        /// Alias tables of big states rebuilt by the call.
+        public var rebuilds = 0
         public init() {}
     }
 
@@ -77,7 +79,7 @@ public struct ChainStore: Sendable {
 
     /// Reads the reply of an ``applyCommand(_:guild:)``.
     public static func applyResult(_ reply: RedisReply) throws(RedisError) -> ApplyResult {
-        guard let values = reply.array?.compactMap(\.int), values.count == 4 else {
+        guard let values = reply.array?.compactMap(\.int), values.count >= 4 else {
             throw RedisError(.protocolError, "markov_apply answered \(reply)")
         }
         var result = ApplyResult()
@@ -85,6 +87,7 @@ public struct ChainStore: Sendable {
         result.updated = values[1]
         result.deleted = values[2]
         result.skipped = values[3]
+        result.rebuilds = values.count > 4 ? values[4] : 0
         return result
     }
 

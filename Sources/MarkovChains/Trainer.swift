@@ -246,6 +246,7 @@ public final class Trainer: Service, Sendable {
                         totals.updated += applied.updated
                         totals.deleted += applied.deleted
                         totals.skipped += applied.skipped
+                        totals.rebuilds += applied.rebuilds
                     }
                     acknowledged += callEntries.map(\.id)
                 case .failure(let error) where error.code == .server:
@@ -277,6 +278,7 @@ public final class Trainer: Service, Sendable {
         TrainerMetrics.updated.increment(by: totals.updated)
         TrainerMetrics.deleted.increment(by: totals.deleted)
         TrainerMetrics.skipped.increment(by: totals.skipped)
+        TrainerMetrics.aliasRebuilds.increment(by: totals.rebuilds)
         TrainerMetrics.guildsRemoved.increment(by: removals)
     }
 
@@ -369,4 +371,5 @@ enum TrainerMetrics {
     static let guildsRemoved = Counter(label: "markov_trainer_guilds_removed_total")
     static let deadLetters = Counter(label: "markov_trainer_dead_letters_total")
     static let claimed = Counter(label: "markov_trainer_claimed_total")
+    static let aliasRebuilds = Counter(label: "markov_trainer_alias_rebuilds_total")
 }

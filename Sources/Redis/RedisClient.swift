@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import NIOCore
 import NIOPosix
@@ -72,7 +73,12 @@ public final class RedisClient: Sendable {
     /// Sends one command and returns its reply; an error reply throws ``RedisError`` with code `.server`.
     @discardableResult
     public func send(_ command: RedisCommand) async throws(RedisError) -> RedisReply {
-        try Self.unwrap(try await self.route(command, block: nil), command: command)
+        do {
+            return try Self.unwrap(try await self.route(command, block: nil), command: command)
+        } catch {
+            RedisMetrics.failed(error)
+            throw error
+        }
     }
 
     /// Sends one command and returns its reply.
@@ -92,7 +98,12 @@ public final class RedisClient: Sendable {
     /// `block` plus ``RedisConfiguration/blockingMargin``. Cancelling the caller closes that connection and
     /// throws ``RedisError/Code/cancelled``.
     public func blocking(_ command: RedisCommand, block: Duration) async throws(RedisError) -> RedisReply {
-        try Self.unwrap(try await self.route(command, block: block), command: command)
+        do {
+            return try Self.unwrap(try await self.route(command, block: block), command: command)
+        } catch {
+            RedisMetrics.failed(error)
+            throw error
+        }
     }
 
     /// Sends commands as one pipeline and returns one result per command, in order. A command's error reply is
@@ -101,6 +112,12 @@ public final class RedisClient: Sendable {
     /// `timeout` replaces ``RedisConfiguration/commandTimeout`` for this pipeline, for work known to be long
     /// (large Function calls) that must not be cut off while Redis is busy with other clients' work.
     public func pipeline(_ commands: [RedisCommand], timeout: Duration? = nil) async -> [Result<RedisReply, RedisError>] {
+        let results = await self.sendPipeline(commands, timeout: timeout)
+        for case .failure(let error) in results { RedisMetrics.failed(error) }
+        return results
+    }
+
+    private func sendPipeline(_ commands: [RedisCommand], timeout: Duration?) async -> [Result<RedisReply, RedisError>] {
         guard !commands.isEmpty else { return [] }
         if let pool = self.standalonePool {
             do {
@@ -339,5 +356,14 @@ public final class RedisClient: Sendable {
             "no cluster node answered CLUSTER SHARDS or CLUSTER SLOTS (tried \(seen.count))",
             underlying: lastError
         )
+    }
+}
+
+/// The client's metrics (swift-metrics; Prometheus when the process bootstraps it): failed commands by kind
+/// (`connection failed`, `timeout`, `server error`, …). Cancelled waits are not failures.
+enum RedisMetrics {
+    static func failed(_ error: RedisError) {
+        guard error.code != .cancelled else { return }
+        Counter(label: "markov_redis_errors_total", dimensions: [("code", error.code.description)]).increment()
     }
 }

@@ -145,6 +145,31 @@ extension GatewayIntegrationTests {
             await fake.stop()
         }
 
+        @Test("a Redis password appears in no log line or error: refused by the server, or the server unreachable")
+        func redisPasswordStaysSecret() async throws {
+            let fake = try await GatewayHarness.fake(shards: 1)
+            let secret = "Sup3r-Secret-Pw"
+            let server = URL(string: GatewayHarness.redisURL)!
+            // The test server has no password (AUTH is refused), and nothing listens on port 1 (connecting fails).
+            let urls = ["redis://:\(secret)@\(server.host!):\(server.port!)/3", "redis://user:\(secret)@127.0.0.1:1/0"]
+            for url in urls {
+                for arguments in [["trainer"], ["generate", "--guild", "1"], ["inspect", "--guild", "1"]] {
+                    let pipe = Pipe()
+                    let process = try Self.start(
+                        arguments, fake: fake, environment: ["REDIS_URL": url, "LOG_LEVEL": "trace"], standardError: pipe
+                    )
+                    let deadline = ContinuousClock.now + .seconds(5)
+                    while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+                    if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+                    process.waitUntilExit()
+                    let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                    #expect(!text.isEmpty, "\(arguments[0]) said nothing about the failure")
+                    #expect(!text.contains(secret), "the password leaked from \(arguments[0]): \(text.prefix(500))")
+                }
+            }
+            await fake.stop()
+        }
+
         @Test("100k messages through 4 shards in 2 gateway processes, with reconnects, op 9, zombies and a SIGKILL: every message reaches the streams and the trainer's counts equal the flood's")
         func floodWithFaults() async throws {
             let harness = try await GatewayHarness()
