@@ -39,7 +39,8 @@ extension GatewayIntegrationTests {
             environment["LOG_LEVEL"] = GatewayHarness.environment["MARKOV_TEST_LOG"] ?? "error"
             environment["MARKOV_HTTP_PORT"] = "0"  // any free port: several processes run side by side
             environment.merge(extra) { $1 }
-            process.environment = environment
+            // An empty value removes the variable (`markov up` without REDIS_URL starts its own Redis).
+            process.environment = environment.filter { !$0.value.isEmpty }
             process.standardOutput = FileHandle.nullDevice
             if let standardError { process.standardError = standardError }
             try process.run()
@@ -142,6 +143,54 @@ extension GatewayIntegrationTests {
                 }
                 #expect(!text.contains(fake.configuration.token), "the token leaked into \(roles[index][0])'s log")
             }
+            await fake.stop()
+        }
+
+        @Test("markov up with DISCORD_TOKEN is the whole bot in one process on its own Redis: /listen, learning, !mark; SIGTERM stops it and its Redis")
+        func upWithToken() async throws {
+            let fake = try await GatewayHarness.fake(shards: 1)
+            let data = FileManager.default.temporaryDirectory.appendingPathComponent("markov-up-\(UUID().uuidString)")
+            defer { try? FileManager.default.removeItem(at: data) }
+            let up = try Self.start(
+                ["up", "--data", data.path], fake: fake, environment: ["REDIS_URL": "", "REDIS_CLUSTER_NODES": ""]
+            )
+            defer { if up.isRunning { kill(up.processIdentifier, SIGKILL) } }
+            try await fake.waitForShards([0], timeout: .seconds(60))
+            let guild = GatewayHarness.guild(onShard: 0, of: 1, salt: 31)
+            let now = (UInt64(Date().timeIntervalSince1970 * 1000) - 1_420_070_400_000) << 22
+            _ = try fake.dispatchInteraction(
+                shard: 0, id: now, guild: guild, channel: 7, user: 9, name: "listen",
+                options: #"[{"name":"add","type":1,"options":[{"name":"channel","type":7,"value":"7"}]}]"#, permissions: "8"
+            )
+            try await GatewayHarness.eventually("the /listen answer", timeout: .seconds(30)) {
+                fake.rest.requests.contains { $0.path.hasSuffix("/callback") }
+            }
+            for (index, text) in ["llamas dance at dawn", "llamas dance at noon"].enumerated() {
+                try fake.dispatch(shard: 0, event: "MESSAGE_CREATE", json: FakeDiscord.messageJSON(
+                    id: now + 1 + UInt64(index), channel: 7, guild: guild, author: 9, content: text
+                ))
+            }
+            // Wait for the lines to be learnt: `!mark llamas` answers with them once they are.
+            var attempt: UInt64 = 10
+            try await GatewayHarness.eventually("a sentence about llamas", timeout: .seconds(60)) {
+                attempt += 1
+                try fake.dispatch(shard: 0, event: "MESSAGE_CREATE", json: FakeDiscord.messageJSON(
+                    id: now + attempt, channel: 7, guild: guild, author: 9, content: "!mark llamas"
+                ))
+                try await Task.sleep(for: .milliseconds(500))
+                return fake.rest.messages.contains { $0.content.hasPrefix("llamas dance at") }
+            }
+            kill(up.processIdentifier, SIGTERM)
+            up.waitUntilExit()
+            #expect(up.terminationReason == .exit && up.terminationStatus == 0)
+            // Its Redis stopped with it, and kept its data in the append-only file.
+            let pidFile = data.appendingPathComponent("redis.pid").path
+            if let pid = try? String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+               let number = Int32(pid) {
+                #expect(kill(number, 0) != 0, "the private redis-server is still running")
+            }
+            let files = (try? FileManager.default.subpathsOfDirectory(atPath: data.path)) ?? []
+            #expect(files.contains { $0.contains("appendonly") }, "no append-only file in \(files)")
             await fake.stop()
         }
 
