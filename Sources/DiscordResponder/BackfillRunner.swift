@@ -75,6 +75,12 @@ public final class BackfillRunner: Sendable {
         }
     }
 
+    /// Another responder took the backfill over (this one was too slow to renew its lease).
+    private struct LostLease: Error {}
+
+    /// Consecutive failures of one channel's pages before it is skipped (and named in the report).
+    static let maxFailuresPerItem = 20
+
     /// Why a backfill stops for good.
     private struct Fatal: Error, CustomStringConvertible {
         var description: String
@@ -101,15 +107,20 @@ public final class BackfillRunner: Sendable {
                 self.logger.info("backfill resumed", metadata: metadata.merging(["messages": "\(job.messages)", "at": "\(job.doneItems)/\(job.items)"]) { $1 })
             }
             if job.progressMessage == nil, let channel = job.channel {
+                // Without a progress message (the bot may not post in that channel) the backfill still runs:
+                // "-" records that there is none, so no later run tries again.
                 let text = BackfillProgress(job: job).text(rate: 0, secondsLeft: nil)
-                let id = try await self.rest.createMessage(
-                    channel: channel.rawValue, CreateMessage(content: text, nonce: "bf\(job.started)")
-                )
-                if !id.isEmpty {
-                    try await self.store.setProgressMessage(id, guild: guild)
-                    job.progressMessage = id
+                var id = "-"
+                do {
+                    id = try await self.rest.createMessage(channel: channel.rawValue, CreateMessage(content: text, nonce: "bf\(job.started)"))
+                } catch {
+                    if error.status == 401 { throw Fatal(description: "Discord refused the token (401)") }
+                    self.logger.notice("backfill cannot post its progress", metadata: metadata.merging(["error": "\(error)"]) { $1 })
                 }
+                try await self.store.setProgressMessage(id.isEmpty ? "-" : id, guild: guild)
+                job.progressMessage = id.isEmpty ? "-" : id
             }
+            let pageSize = max(1, min(100, self.configuration.pageSize))
             let clock = ContinuousClock()
             let began = clock.now
             let start = BackfillProgress(job: job)
@@ -124,7 +135,7 @@ public final class BackfillRunner: Sendable {
                 metadata["item"] = "\(item)"
                 let page: [Message]
                 do {
-                    page = try await self.rest.messages(channel: item, before: job.cursor, limit: self.configuration.pageSize)
+                    page = try await self.rest.messages(channel: item, before: job.cursor, limit: pageSize)
                     failures = 0
                 } catch {
                     if error.status == 401 { throw Fatal(description: "Discord refused the token (401)") }
@@ -139,6 +150,16 @@ public final class BackfillRunner: Sendable {
                         continue
                     }
                     failures += 1
+                    if failures >= Self.maxFailuresPerItem {
+                        // A channel that keeps failing (5xx, unreadable pages) must not hold up the rest.
+                        self.logger.warning("backfill gives up a channel", metadata: metadata.merging(["error": "\(error)"]) { $1 })
+                        guard try await self.store.advance(
+                            guild: guild, owner: owner, item: item, cursor: nil, newest: nil, count: 0, finished: true, skipped: true
+                        ), let next = try await self.store.job(guild: guild) else { return }
+                        job = next
+                        failures = 0
+                        continue
+                    }
                     self.logger.warning("backfill page failed; retrying", metadata: metadata.merging(["error": "\(error)"]) { $1 })
                     // Keep the lease while waiting.
                     guard try await self.store.advance(
@@ -147,11 +168,14 @@ public final class BackfillRunner: Sendable {
                     try await Task.sleep(for: .milliseconds(min(10_000, 250 << min(failures, 6))))
                     continue
                 }
-                let events = page.map { $0.chainEvent(kind: .create, source: .importer, guild: guild) }
+                // The origin names this backfill: trainers apply its messages only while the guild's backfill is this
+                // one (not after `/delete-data` or the bot's removal deleted it).
+                let origin = "backfill:\(job.started)"
+                let events = page.map { $0.chainEvent(kind: .create, source: .importer, guild: guild, origin: origin) }
                 if !events.isEmpty { try await self.log.append(events) }
                 guard try await self.store.advance(
                     guild: guild, owner: owner, item: item, cursor: page.last?.id.rawValue, newest: page.first?.id.rawValue,
-                    count: page.count, finished: page.count < self.configuration.pageSize
+                    count: page.count, finished: page.count < pageSize
                 ), let next = try await self.store.job(guild: guild) else {
                     self.logger.info("backfill lost its lease or was cancelled", metadata: metadata)
                     return
@@ -171,6 +195,8 @@ public final class BackfillRunner: Sendable {
             let seconds = Double(max(0, Int64(Date().timeIntervalSince1970 * 1000) - finished.started)) / 1000
             self.logger.info("backfill done", metadata: metadata.merging(["messages": "\(finished.messages)", "seconds": "\(Int(seconds))"]) { $1 })
             await self.report(finished, seconds: seconds)
+        } catch is LostLease {
+            self.logger.info("backfill lost its lease while listing", metadata: metadata)
         } catch let fatal as Fatal {
             self.logger.error("backfill failed", metadata: metadata.merging(["error": "\(fatal)"]) { $1 })
             try? await self.store.finish(guild: guild, status: .failed, error: fatal.description)
@@ -186,11 +212,18 @@ public final class BackfillRunner: Sendable {
     /// The channels enabled for learning and their threads (active, and archived public ones), in that order, and
     /// how many of them are channels.
     private func items(guild: Snowflake) async throws(any Error) -> (items: [String], channels: Int) {
+        // Listing can take many requests: keep the lease meanwhile.
+        func renew() async throws(any Error) {
+            guard try await self.store.renew(guild: guild, owner: self.configuration.owner) else {
+                throw LostLease()
+            }
+        }
         let channels = try await self.chains.listenChannels(guild: guild)
         var active: [DiscordChannel] = []
         do {
             active = try await self.rest.activeThreads(guild: guild.rawValue)
-        } catch {
+            try await renew()
+        } catch let error as DiscordRESTError {
             guard Self.isRefusal(error) else { throw error }
             self.logger.notice("backfill cannot list active threads", metadata: ["guild": "\(guild)", "error": "\(error)"])
         }
@@ -208,6 +241,7 @@ public final class BackfillRunner: Sendable {
                 } catch {
                     guard Self.isRefusal(error) else { throw error }
                 }
+                try await renew()
                 for thread in page.threads { add(thread.id.rawValue) }
                 guard page.hasMore == true, let last = page.threads.last?.threadMetadata?.archiveTimestamp, last != before else { break }
                 before = last
@@ -216,14 +250,14 @@ public final class BackfillRunner: Sendable {
         return (items, channels.count)
     }
 
-    /// A 4xx other than 401 (a bad token): this channel or list may not be read; the rest goes on.
+    /// This channel or list may not be read (403 Missing Access, 404 Unknown Channel, 400 a channel without
+    /// messages of its own, such as a forum); the rest goes on. A 429 is not a refusal: it is retried.
     private static func isRefusal(_ error: DiscordRESTError) -> Bool {
-        guard let status = error.status else { return false }
-        return (400..<500).contains(status) && status != 401
+        [400, 403, 404].contains(error.status ?? 0)
     }
 
     private func showProgress(_ job: BackfillStore.Job, _ text: String) async {
-        guard let channel = job.channel, let message = job.progressMessage else { return }
+        guard let channel = job.channel, let message = job.progressMessage, message != "-" else { return }
         do {
             try await self.rest.editMessage(channel: channel.rawValue, id: message, content: text)
         } catch {
@@ -238,7 +272,7 @@ public final class BackfillRunner: Sendable {
         await self.showProgress(job, report)
         do {
             try await self.rest.createMessage(
-                channel: channel.rawValue, CreateMessage(content: report, replyTo: job.progressMessage, nonce: "bf\(job.started)r")
+                channel: channel.rawValue, CreateMessage(content: report, replyTo: job.progressMessage == "-" ? nil : job.progressMessage, nonce: "bf\(job.started)r")
             )
         } catch {
             self.logger.notice("cannot post the backfill's report", metadata: ["channel": "\(channel)", "error": "\(error)"])

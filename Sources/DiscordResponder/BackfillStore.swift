@@ -77,8 +77,10 @@ public struct BackfillStore: Sendable {
             .string(Self.startScript), 2, .string(keys.job), .string(keys.queue),
             .integer(Int(now)), .string(channel?.rawValue ?? ""), .string(requester ?? ""),
         ]))
-        if reply.int == 0, let job = try await self.job(guild: guild) { return .alreadyRunning(job) }
+        // `backfill:jobs` lives in another slot, so this cannot be atomic with the script: it is added on every
+        // `/train`, so a guild that dropped out of the set (a failed SADD, a racing `forget`) comes back.
         try await self.redis.send(RedisCommand("SADD", .string(Self.jobs), .string(guild.rawValue)))
+        if reply.int == 0, let job = try await self.job(guild: guild) { return .alreadyRunning(job) }
         return .started
     }
 
@@ -227,9 +229,22 @@ public struct BackfillStore: Sendable {
         try await self.finish(guild: guild, status: .cancelled)
     }
 
-    /// Forgets a guild in `backfill:jobs` whose backfill is gone or finished.
+    /// Forgets a guild in `backfill:jobs` whose backfill is gone or finished (and adds it back if a new one
+    /// started meanwhile).
     func forget(guild: Snowflake) async throws(RedisError) {
         try await self.redis.send(RedisCommand("SREM", .string(Self.jobs), .string(guild.rawValue)))
+        if let job = try await self.job(guild: guild), !job.isFinished {
+            try await self.redis.send(RedisCommand("SADD", .string(Self.jobs), .string(guild.rawValue)))
+        }
+    }
+
+    /// Renews `owner`'s lease; false when it was lost.
+    public func renew(guild: Snowflake, owner: String) async throws(RedisError) -> Bool {
+        let reply = try await self.redis.send(RedisCommand("EVAL", [
+            .string("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"),
+            1, .string(Keys(guild).lease), .string(owner), .integer(Self.milliseconds(self.leaseTTL)),
+        ]))
+        return reply.int == 1
     }
 
     static func milliseconds(_ duration: Duration) -> Int {

@@ -261,10 +261,12 @@ public final class Responder: Service, Sendable {
                 }
                 return try await composer.reply(to: trigger.request, guild: guild)
             }
+            let started = ContinuousClock.now
             let quick = await Self.result(of: generation, within: self.configuration.interactionDeferAfter)
             if let quick {
                 var reply = InteractionCallback.reply(try quick.get(), tts: trigger.tts, ephemeral: ephemeral)
-                if case .sentence = trigger.request {
+                // An image costs a Redis read and a REST call: only when well inside Discord's 3 s.
+                if case .sentence = trigger.request, ContinuousClock.now - started < .milliseconds(1000) {
                     reply.data?.embeds = await self.image(guild: guild, trigger: interaction.id.rawValue, chance: rules.imageChance)
                 }
                 try await self.rest.interactionCallback(id: interaction.id.rawValue, token: interaction.token, reply)
@@ -292,9 +294,8 @@ public final class Responder: Service, Sendable {
     /// the message id, so a redelivery decides the same), and the channel's cooldown is free.
     private func speaksUnasked(_ event: ChainEvent, messageID: String, channel: Snowflake) async -> Bool {
         do {
-            let auto = try await self.settings.isAutorespond(guild: event.guildID, channel: channel)
+            let (auto, chance) = try await self.settings.unasked(guild: event.guildID, channel: channel)
             if !auto {
-                let chance = try await self.settings.chance(guild: event.guildID, channel: channel)
                 guard ResponseSettings.wins(messageID: messageID, partsPerMillion: chance) else { return false }
             }
             return try await self.settings.takeCooldown(guild: event.guildID, channel: channel, duration: self.configuration.cooldown)
@@ -346,7 +347,7 @@ public final class Responder: Service, Sendable {
         for result in await self.log.redis.pipeline(commands) { replies.append(try result.get()) }
         let answered = replies[0].int == 1
         if answered { self.counters.withLock { $0.duplicatesSkipped += 1 } }
-        return (answered, ResponseSettings.rules(from: replies.dropFirst()))
+        return (answered, ResponseSettings.rules(from: replies.dropFirst(), channel: channel))
     }
 
     /// An image the guild posted, for a reply that wins the image chance (decided by the trigger's id, so a

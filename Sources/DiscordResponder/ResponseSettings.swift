@@ -9,8 +9,8 @@ import Redis
 /// | `{g:<id>}:chance` | hash `guild` or `<channel>` → parts per million | the chance to answer any human message (a channel's value overrides the guild's); field `images`: the chance that a reply carries an image the guild posted (0 by default) |
 /// | `{g:<id>}:autorespond` | set of channel ids | channels where every human message is answered, seeded by it |
 /// | `{g:<id>}:cooldown:<channel>` | string with an expiry | the bot spoke unasked in the channel recently |
-/// | `{g:<id>}:reply-channels` | set of channel ids | when not empty, the only channels where the bot answers |
-/// | `{g:<id>}:ask-roles` | set of role ids | when not empty, only members with one of these roles (or admins) may ask |
+/// | `{g:<id>}:reply-channels` | set of channel ids | when not empty, the only channels (and their threads) where the bot answers |
+/// | `{g:<id>}:ask-roles` | set of role ids | when not empty, only members with one of these roles may ask (admins may still use `/mark`; the guild's id is @everyone) |
 public struct ResponseSettings: Sendable {
     public let redis: RedisClient
 
@@ -40,24 +40,27 @@ public struct ResponseSettings: Sendable {
     /// caller with whatever else it needs from the guild); ``rules(from:)`` reads their replies.
     static func ruleCommands(guild: Snowflake, channel: Snowflake, roles: [Snowflake]) -> [RedisCommand] {
         let channels = Self.replyChannelsKey(guild), askRoles = Self.askRolesKey(guild)
-        var commands = [
+        // The guild's id is the @everyone role, which members' role lists leave out.
+        let roles = roles + [guild]
+        return [
             RedisCommand("HGET", .string(Self.chanceKey(guild)), "images"),
-            RedisCommand("SCARD", .string(channels)), RedisCommand("SISMEMBER", .string(channels), .string(channel.rawValue)),
+            RedisCommand("SMEMBERS", .string(channels)),
+            // A thread counts as its channel.
+            RedisCommand("HGET", .string("\(ChainKeys(guild: guild).prefix):threads"), .string(channel.rawValue)),
             RedisCommand("SCARD", .string(askRoles)),
+            RedisCommand("SMISMEMBER", [.string(askRoles)] + roles.map { .string($0.rawValue) }),
         ]
-        if !roles.isEmpty {
-            commands.append(RedisCommand("SMISMEMBER", [.string(askRoles)] + roles.map { .string($0.rawValue) }))
-        }
-        return commands
     }
 
-    static func rules(from replies: ArraySlice<RedisReply>) -> ReplyRules {
+    static func rules(from replies: ArraySlice<RedisReply>, channel: Snowflake) -> ReplyRules {
         let values = Array(replies)
         var rules = ReplyRules()
-        guard values.count >= 4 else { return rules }
+        guard values.count >= 5 else { return rules }
         rules.imageChance = values[0].string.flatMap { Int($0) } ?? 0
-        rules.channelAllowed = values[1].int == 0 || values[2].int == 1
-        let memberships = values.count > 4 ? (values[4].array ?? []).map { $0.int == 1 } : []
+        let channels = Set((values[1].array ?? []).compactMap(\.string))
+        let parent = values[2].string
+        rules.channelAllowed = channels.isEmpty || channels.contains(channel.rawValue) || parent.map(channels.contains) == true
+        let memberships = (values[4].array ?? []).map { $0.int == 1 }
         rules.roleAllowed = values[3].int == 0 || memberships.contains(true)
         return rules
     }
@@ -68,7 +71,7 @@ public struct ResponseSettings: Sendable {
         for result in await self.redis.pipeline(Self.ruleCommands(guild: guild, channel: channel, roles: roles)) {
             replies.append(try result.get())
         }
-        return Self.rules(from: replies[...])
+        return Self.rules(from: replies[...], channel: channel)
     }
 
     /// Sets the chance, in parts per million, that a reply carries an image the guild posted (0: never).
@@ -98,15 +101,6 @@ public struct ResponseSettings: Sendable {
         return (reply.array ?? []).compactMap(\.string).sorted()
     }
 
-    /// The chance, in parts per million, of answering a message in `channel` unasked.
-    public func chance(guild: Snowflake, channel: Snowflake) async throws(RedisError) -> Int {
-        let reply = try await self.redis.send(
-            RedisCommand("HMGET", .string(Self.chanceKey(guild)), .string(channel.rawValue), "guild")
-        )
-        let values = (reply.array ?? []).map { $0.string.flatMap { Int($0) } }
-        return values.first.flatMap { $0 } ?? values.last.flatMap { $0 } ?? 0
-    }
-
     /// Sets the chance for the guild (`channel` nil) or one channel; `nil` ppm removes the setting.
     public func setChance(_ partsPerMillion: Int?, guild: Snowflake, channel: Snowflake?) async throws(RedisError) {
         let field = channel?.rawValue ?? "guild"
@@ -129,8 +123,16 @@ public struct ResponseSettings: Sendable {
         return result
     }
 
-    public func isAutorespond(guild: Snowflake, channel: Snowflake) async throws(RedisError) -> Bool {
-        try await self.redis.send(RedisCommand("SISMEMBER", .string(Self.autorespondKey(guild)), .string(channel.rawValue))).int == 1
+    /// In one round trip: whether `channel` answers every message, and the chance (parts per million) of answering a
+    /// message there unasked. Every human message asks this, so it is one pipeline.
+    public func unasked(guild: Snowflake, channel: Snowflake) async throws(RedisError) -> (autorespond: Bool, chance: Int) {
+        let replies = await self.redis.pipeline([
+            RedisCommand("SISMEMBER", .string(Self.autorespondKey(guild)), .string(channel.rawValue)),
+            RedisCommand("HMGET", .string(Self.chanceKey(guild)), .string(channel.rawValue), "guild"),
+        ])
+        let autorespond = try replies[0].get().int == 1
+        let values = (try replies[1].get().array ?? []).map { $0.string.flatMap { Int($0) } }
+        return (autorespond, values.first.flatMap { $0 } ?? values.last.flatMap { $0 } ?? 0)
     }
 
     public func setAutorespond(_ enabled: Bool, guild: Snowflake, channel: Snowflake) async throws(RedisError) {

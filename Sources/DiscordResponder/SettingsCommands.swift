@@ -61,12 +61,12 @@ struct SettingsCommands: Sendable {
             func roles(_ ids: [String]) -> String { ids.map { "<@&\($0)>" }.joined(separator: ", ") }
             if action == .list {
                 let ids = try await self.settings.askRoles(guild: guild)
-                return ids.isEmpty ? "Everyone may ask me." : "Only members with \(roles(ids)) (and admins) may ask me."
+                return ids.isEmpty ? "Everyone may ask me." : "Only members with \(roles(ids)) may ask me (admins may still use `/mark`)."
             }
             guard let role, let id = Snowflake(role) else { return "Name a role." }
             try await self.settings.setAskRole(action == .add, guild: guild, role: id)
             let ids = try await self.settings.askRoles(guild: guild)
-            return ids.isEmpty ? "Everyone may ask me again." : "Only members with \(roles(ids)) (and admins) may ask me."
+            return ids.isEmpty ? "Everyone may ask me again." : "Only members with \(roles(ids)) may ask me (admins may still use `/mark`)."
         case .chance(let percent, let channel):
             guard (0...100).contains(percent) else { return "The chance is a percentage from 0 to 100." }
             let id = channel.flatMap { Snowflake($0) }
@@ -93,7 +93,7 @@ struct SettingsCommands: Sendable {
             }
         case .deleteData:
             try await self.backfills.cancel(guild: guild)
-            let keys = try await self.store.deleteGuild(guild)
+            let keys = try await self.store.deleteGuild(guild, keepingOptOuts: true)
             return "Deleted this server's model (\(keys) keys). I start learning from scratch."
         }
     }

@@ -412,7 +412,8 @@ end
 -- markov_apply(meta; n, then ops of 9 fields: kind, id, author, channel, force, tokens, state hashes, content hash,
 --   image URL)
 --   kind 'c' create: learnt unless the id is known (duplicate, replay, or deleted), the channel is not enabled
---        for learning (unless force = '1'), or the author opted out; a learnt message's image URL is kept in
+--        for learning (unless force = '1'; force = 'b<started>' for a backfill's message: forced while the guild's
+--        backfill started then, skipped when it is gone), or the author opted out; a learnt message's image URL is kept in
 --        P:img (message id -> URL) until the message is deleted, emptied or its author forgotten;
 --   kind 'u' update: replaces the learnt tokens of a known message; for a message not seen yet, keeps the tokens
 --        for its create ('~tokens');
@@ -441,8 +442,12 @@ local function apply(keys, args)
             hashes, chash = '', ''
             record = nil
         end
+        if kind == 'c' and string.sub(force, 1, 1) == 'b' then
+            -- Read by a history backfill: learnt (as forced) only while the guild's backfill is that one.
+            force = (redis.call('HGET', P .. ':backfill', 'started') == string.sub(force, 2)) and '1' or 'x'
+        end
         if kind == 'c' then
-            if record
+            if record or force == 'x'
                 or (force ~= '1' and redis.call('SISMEMBER', listen, channel) == 0
                     and redis.call('SISMEMBER', listen, redis.call('HGET', P .. ':threads', channel) or '') == 0)
                 or redis.call('SISMEMBER', optout, author) == 1
@@ -716,7 +721,8 @@ local function forget_user(keys, args)
     return { page[1], forgotten }
 end
 
--- markov_delete_guild(meta): removes every key of the guild. Returns the number of keys removed.
+-- markov_delete_guild(meta; [keep-optouts]): removes every key of the guild; with 'keep-optouts' (a guild's own
+-- `/delete-data`) the users who opted out stay out. Returns the number of keys removed.
 local function delete_guild(keys, args)
     local meta = keys[1]
     local P = prefix_of(meta)
@@ -730,7 +736,8 @@ local function delete_guild(keys, args)
         removed = removed + redis.call('UNLINK', sk, ak, pk, nk)
     end
     removed = removed + redis.call('UNLINK', meta, P .. ':big', P .. ':m', P .. ':h', P .. ':listen',
-        P .. ':optout', P .. ':cfg')
+        P .. ':cfg')
+    if args[1] ~= 'keep-optouts' then removed = removed + redis.call('UNLINK', P .. ':optout') end
     -- The responders' settings and backfill of the guild go with it.
     removed = removed + redis.call('UNLINK', P .. ':img', P .. ':threads', P .. ':chance', P .. ':autorespond', P .. ':reply-channels',
         P .. ':ask-roles', P .. ':backfill', P .. ':backfill:queue')

@@ -26,8 +26,13 @@ public struct ChainStore: Sendable {
     /// One change to a guild's messages, as the trainer sends it.
     public enum Operation: Sendable, Hashable {
         /// Learn a message unless its id is known, its channel is not enabled (unless `force`), or its author
-        /// opted out; keep its `image` URL (for replies with an image) as long as the message is learnt.
-        case create(id: String, author: String, channel: String, force: Bool, message: LearnedMessage, image: String? = nil)
+        /// opted out; keep its `image` URL (for replies with an image) as long as the message is learnt. A message
+        /// read by a history backfill carries the backfill's start (`backfill`): it is learnt only while the guild's
+        /// backfill is that one (not after the guild's data was deleted).
+        case create(
+            id: String, author: String, channel: String, force: Bool, message: LearnedMessage, image: String? = nil,
+            backfill: String? = nil
+        )
         /// Replace what a known message contributed; empty tokens forget it.
         case update(id: String, message: LearnedMessage)
         /// Forget a message and remember it as deleted.
@@ -61,8 +66,9 @@ public struct ChainStore: Sendable {
         arguments.reserveCapacity(4 + operations.count * 9)
         for operation in operations {
             switch operation {
-            case .create(let id, let author, let channel, let force, let message, let image):
-                arguments += ["c", .string(id), .string(author), .string(channel), force ? "1" : "0",
+            case .create(let id, let author, let channel, let force, let message, let image, let backfill):
+                let forced: RedisArgument = force ? (backfill.map { .string("b" + $0) } ?? "1") : "0"
+                arguments += ["c", .string(id), .string(author), .string(channel), forced,
                               .string(message.tokens), .string(message.stateHashes), .string(message.contentHash),
                               .string(image ?? "")]
             case .update(let id, let message):
@@ -243,8 +249,10 @@ public struct ChainStore: Sendable {
 
     /// Deletes every key of the guild; returns how many keys went.
     @discardableResult
-    public func deleteGuild(_ guild: Snowflake) async throws(RedisError) -> Int {
-        try await self.call("markov_delete_guild", guild: guild, []).int ?? 0
+    /// Deletes every key of the guild; with `keepingOptOuts` (the guild's own `/delete-data`, not the bot's removal)
+    /// the users who opted out stay out.
+    public func deleteGuild(_ guild: Snowflake, keepingOptOuts: Bool = false) async throws(RedisError) -> Int {
+        try await self.call("markov_delete_guild", guild: guild, keepingOptOuts ? ["keep-optouts"] : []).int ?? 0
     }
 
     // MARK: Settings

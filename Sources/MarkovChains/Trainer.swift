@@ -337,7 +337,8 @@ public final class Trainer: Service, Sendable {
             }
             return .apply([.create(id: id, author: event.authorID?.rawValue ?? "0", channel: event.channelID?.rawValue ?? "",
                                    force: force, message: LearnedMessage(tokens: tokens, stateSize: self.store.stateSize),
-                                   image: event.attachments.first(where: ChainEvent.isImage))])
+                                   image: event.attachments.first(where: ChainEvent.isImage),
+                                   backfill: event.origin.flatMap { $0.hasPrefix("backfill:") ? String($0.dropFirst(9)) : nil })])
         case .update:
             guard let id = event.messageID, let content = event.content else { return nil }
             var tokens = Tokenizer.tokens(content)

@@ -201,6 +201,13 @@ extension GatewayIntegrationTests {
             #expect(fake.rest.messages.map(\.replyTo) == [there])
             let refused = try await self.command(fake, id: 83, name: "mark", options: "[]", permissions: "0")
             #expect(refused?.contains("I don't answer in this channel") == true)
+            // A thread of the channel singled out counts as that channel.
+            try fake.dispatch(shard: 0, event: "THREAD_CREATE", json: #"{"id":"80","type":11,"guild_id":"\#(Self.guild)","parent_id":"\#(other)"}"#)
+            try await GatewayHarness.eventually("the thread to be recorded") {
+                try await harness.redis.send(RedisCommand("HGET", .string("{g:\(Self.guild)}:threads"), "80")).string == String(other)
+            }
+            let inThread = try self.message(fake, 79, "!mark", channel: 80)
+            try await GatewayHarness.eventually("the reply in the thread") { fake.rest.messageCount == 2 }
             let removeOther = #"[{"name":"remove","type":1,"options":[{"name":"channel","type":7,"value":"\#(other)"}]}]"#
             let cleared = try await self.command(fake, id: 84, name: "reply-channels", options: removeOther, permissions: "16")
             #expect(cleared?.contains("every channel again") == true)
@@ -213,9 +220,9 @@ extension GatewayIntegrationTests {
             #expect(roles?.contains("<@&77>") == true)
             _ = try self.message(fake, 87, "!mark", roles: [5])
             let allowed = try self.message(fake, 88, "!mark", roles: [5, 77])
-            try await GatewayHarness.eventually("the member with the role to be answered") { fake.rest.messageCount == 2 }
+            try await GatewayHarness.eventually("the member with the role to be answered") { fake.rest.messageCount == 3 }
             try await GatewayHarness.eventually("the member without it to be refused") { responder.statistics.restricted == 3 }
-            #expect(fake.rest.messages.map(\.replyTo) == [there, allowed])
+            #expect(fake.rest.messages.map(\.replyTo) == [there, inThread, allowed])
             let noRole = try await self.command(fake, id: 89, name: "mark", options: "[]", permissions: "0")
             #expect(noRole?.contains("Only some roles may ask me") == true)
             let admin = try fake.dispatchInteraction(
@@ -225,6 +232,12 @@ extension GatewayIntegrationTests {
                 let request = fake.rest.requests.first { $0.path.hasPrefix("/api/v10/interactions/\(admin)/") }
                 return ((request?.json?["data"] as? [String: Any])?["flags"] as? Int) == nil && request != nil
             }
+            // @everyone (the guild's id) lets every member ask again.
+            let everyone = #"[{"name":"add","type":1,"options":[{"name":"role","type":8,"value":"\#(Self.guild)"}]}]"#
+            _ = try await self.command(fake, id: 91, name: "ask-roles", options: everyone, permissions: "16")
+            let anyone = try self.message(fake, 92, "!mark", roles: [])
+            try await GatewayHarness.eventually("a member without roles to be answered") { fake.rest.messageCount == 4 }
+            #expect(fake.rest.messages.last?.replyTo == anyone)
             await group.triggerGracefulShutdown()
             try await task.value
             await fake.stop()

@@ -178,6 +178,29 @@ struct ChainStoreTests {
         #expect(try await harness.keys(matching: "{g:\(guild.rawValue)}*").isEmpty, "deleting a guild removes every key")
     }
 
+    @Test("a backfill's messages are learnt only while the guild's backfill is that one; /delete-data keeps opt-outs")
+    func backfillToken() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        func read(_ id: String, _ text: String, started: String) -> ChainEvent {
+            var event = ChainHarness.create(guild, id: id, text)
+            event.origin = "backfill:\(started)"
+            return event
+        }
+        try await harness.redis.send(RedisCommand("HSET", .string("{g:\(guild.rawValue)}:backfill"), "started", "1000", "status", "running"))
+        try await harness.train([read("b1", "read from history", started: "1000"), read("b2", "from an older backfill", started: "999")])
+        #expect(try await harness.store.totals(guild: guild)["messages"] == 1, "only the current backfill's message")
+        // /delete-data while pages are still in the stream: they are not learnt again.
+        _ = try await harness.store.forgetUser(Snowflake("42")!, guild: guild)
+        try await harness.store.deleteGuild(guild, keepingOptOuts: true)
+        try await harness.train([read("b3", "late page after the deletion", started: "1000")])
+        #expect(try await harness.store.totals(guild: guild)["messages", default: 0] == 0)
+        #expect(try await harness.store.optedOutUsers(guild: guild) == ["42"], "a user who opted out stays out")
+        try await harness.store.deleteGuild(guild)
+        #expect(try await harness.keys(matching: "{g:\(guild.rawValue)}*").isEmpty, "the bot's removal removes everything")
+    }
+
     @Test("a malformed entry goes to the dead-letter stream; the rest of its batch is applied")
     func deadLetters() async throws {
         let harness = try ChainHarness()
