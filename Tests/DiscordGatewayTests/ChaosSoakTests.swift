@@ -155,16 +155,20 @@ extension GatewayIntegrationTests {
             var content: [UInt64: (guild: UInt64, text: String)] = [:]
             var deleted = Set<UInt64>()
             var triggers: [String] = []
-            let base = (UInt64(Date().timeIntervalSince1970 * 1000) - 1_420_070_400_000) << 22
             var next: UInt64 = 0
+            // Snowflakes of the moment they are sent (a long soak outlasts the responders' maximum age of a
+            // trigger), kept unique by the counter in the low 22 bits.
+            func nextID() -> UInt64 {
+                defer { next += 1 }
+                return ((UInt64(Date().timeIntervalSince1970 * 1000) - 1_420_070_400_000) << 22) | (next & 0x3F_FFFF)
+            }
             var actions: [String] = []
             // `bench/soak` asks for more rounds; the test suite runs ten.
             let rounds = GatewayHarness.environment["MARKOV_SOAK_ROUNDS"].flatMap { Int($0) } ?? 10
             for round in 0..<rounds {
                 for _ in 0..<1_000 {
                     let guild = guilds[random.below(guilds.count)]
-                    let id = base + next
-                    next += 1
+                    let id = nextID()
                     let text = "a\(random.below(7)) b\(random.below(11)) c\(random.below(13))"
                     content[id] = (guild, text)
                     try fake.dispatch(shard: Int((guild >> 22) % 4), event: "MESSAGE_CREATE",
@@ -187,8 +191,7 @@ extension GatewayIntegrationTests {
                 }
                 for _ in 0..<10 {
                     let guild = guilds[random.below(guilds.count)]
-                    let id = base + next
-                    next += 1
+                    let id = nextID()
                     triggers.append(String(id))
                     try fake.dispatch(shard: Int((guild >> 22) % 4), event: "MESSAGE_CREATE",
                                       json: FakeDiscord.messageJSON(id: id, channel: 8, guild: guild, author: 9, content: "!mark"))
