@@ -22,6 +22,8 @@ public final class Responder: Service, Sendable {
         public var consumer: String
         public var partitions = 16
         public var batchSize = 64
+        /// Entries of one partition being handled at once (replies waiting for rate limits included).
+        public var maxInFlight = 512
         public var block: Duration = .seconds(2)
         /// Entries idle this long with another (dead) responder are claimed.
         public var claimAfter: Duration = .seconds(30)
@@ -106,51 +108,77 @@ public final class Responder: Service, Sendable {
         self.logger.info("responder stopped", metadata: ["responder.consumer": "\(self.configuration.consumer)"])
     }
 
+    /// Reads a partition and answers its entries without waiting for one another: a reply that waits for its
+    /// channel's rate-limit bucket must not hold up the partition's other entries (most ask nothing). At most
+    /// ``Configuration/maxInFlight`` entries are being handled at once; finished entries are acknowledged together
+    /// before each read. Entries whose handling failed (Redis or the network) stay pending and are claimed again
+    /// after `claimAfter`; a graceful shutdown stops reading and lets the entries in hand finish.
     private func runPartition(_ partition: Int) async {
         let clock = ContinuousClock()
         var lastClaim = clock.now
         var lastLag = clock.now - .seconds(5)
         var failures = 0
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            do throws(RedisError) {
-                var entries: [EventLog.Entry] = []
-                if clock.now - lastLag >= .seconds(5) {
-                    lastLag = clock.now
-                    let lag = try await self.log.backlog(group: self.configuration.group, partitions: [partition])
-                    Gauge(label: "markov_stream_lag", dimensions: [("partition", "\(partition)"), ("group", self.configuration.group)])
-                        .record(lag)
+        let hand = EntriesInHand()
+        await withDiscardingTaskGroup { group in
+            while !Task.isShuttingDownGracefully && !Task.isCancelled {
+                do throws(RedisError) {
+                    let finished = hand.done.withLock { ids in
+                        defer { ids.removeAll() }
+                        return ids
+                    }
+                    do throws(RedisError) {
+                        try await self.log.acknowledge(partition: partition, group: self.configuration.group, ids: finished)
+                    } catch {
+                        hand.done.withLock { $0 += finished }
+                        throw error
+                    }
+                    if hand.inFlight.withLock({ $0.count }) >= self.configuration.maxInFlight {
+                        try? await Task.sleep(for: .milliseconds(10))
+                        continue
+                    }
+                    var entries: [EventLog.Entry] = []
+                    if clock.now - lastLag >= .seconds(5) {
+                        lastLag = clock.now
+                        let lag = try await self.log.backlog(group: self.configuration.group, partitions: [partition])
+                        Gauge(label: "markov_stream_lag", dimensions: [("partition", "\(partition)"), ("group", self.configuration.group)])
+                            .record(lag)
+                    }
+                    if clock.now - lastClaim >= self.configuration.claimAfter {
+                        lastClaim = clock.now
+                        entries = try await self.log.claimStale(
+                            partition: partition, group: self.configuration.group, consumer: self.configuration.consumer,
+                            minIdle: self.configuration.claimAfter, count: self.configuration.batchSize
+                        )
+                    }
+                    if entries.isEmpty {
+                        // While entries are in hand, wait less for new ones, so their acknowledgements go out soon.
+                        let busy = hand.inFlight.withLock { !$0.isEmpty }
+                        entries = try await self.log.read(
+                            partition: partition, group: self.configuration.group, consumer: self.configuration.consumer,
+                            count: self.configuration.batchSize, block: busy ? .milliseconds(100) : self.configuration.block
+                        )
+                    }
+                    failures = 0
+                    for entry in entries {
+                        // A claimed entry still in hand here (a reply waiting longer than `claimAfter`) is not started twice.
+                        guard hand.inFlight.withLock({ $0.insert(entry.id).inserted }) else { continue }
+                        group.addTask {
+                            let finished = await self.handle(entry)
+                            hand.inFlight.withLock { _ = $0.remove(entry.id) }
+                            if finished { hand.done.withLock { $0.append(entry.id) } }
+                        }
+                    }
+                } catch {
+                    if error.code == .cancelled || Task.isCancelled { return }
+                    failures += 1
+                    self.logger.warning("responder read failed; retrying", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                    try? await Task.sleep(for: .milliseconds(min(5_000, 100 << min(failures, 6))))
                 }
-                if clock.now - lastClaim >= self.configuration.claimAfter {
-                    lastClaim = clock.now
-                    entries = try await self.log.claimStale(
-                        partition: partition, group: self.configuration.group, consumer: self.configuration.consumer,
-                        minIdle: self.configuration.claimAfter, count: self.configuration.batchSize
-                    )
-                }
-                if entries.isEmpty {
-                    entries = try await self.log.read(
-                        partition: partition, group: self.configuration.group, consumer: self.configuration.consumer,
-                        count: self.configuration.batchSize, block: self.configuration.block
-                    )
-                }
-                guard !entries.isEmpty else { continue }
-                // Replies of a batch go out together; the entries that are done are acknowledged together. The
-                // others (Redis or the network failed) stay pending and are claimed again after `claimAfter`.
-                let done = await withTaskGroup(of: String?.self) { group in
-                    for entry in entries { group.addTask { await self.handle(entry) ? entry.id : nil } }
-                    var done: [String] = []
-                    for await id in group { if let id { done.append(id) } }
-                    return done
-                }
-                try await self.log.acknowledge(partition: partition, group: self.configuration.group, ids: done)
-                failures = 0
-            } catch {
-                if error.code == .cancelled || Task.isCancelled { return }
-                failures += 1
-                self.logger.warning("responder read failed; retrying", metadata: ["partition": "\(partition)", "error": "\(error)"])
-                try? await Task.sleep(for: .milliseconds(min(5_000, 100 << min(failures, 6))))
             }
         }
+        // The entries in hand finished: acknowledge them.
+        let finished = hand.done.withLock { $0 }
+        try? await self.log.acknowledge(partition: partition, group: self.configuration.group, ids: finished)
     }
 
     /// Answers one entry if it asks for an answer; true when the entry is done with (answered, nothing to
@@ -391,6 +419,12 @@ public final class Responder: Service, Sendable {
 
     /// A nonce of at most 25 characters derived from the trigger (a snowflake has at most 20 digits).
     static func nonce(for trigger: String) -> String { String(trigger.prefix(25)) }
+}
+
+/// A partition's entries being handled, and those finished but not yet acknowledged.
+private final class EntriesInHand: Sendable {
+    let inFlight = Mutex<Set<String>>([])
+    let done = Mutex<[String]>([])
 }
 
 /// The responder's metrics (swift-metrics; Prometheus when the process bootstraps it).
