@@ -114,15 +114,12 @@ extension GatewayFrame {
             return ChainEvent(
                 kind: .interaction, source: .gateway, guildID: guild, channelID: interaction.channelID,
                 messageID: interaction.id.rawValue, authorID: interaction.member?.user?.id ?? interaction.user?.id,
-                timestamp: Self.timestamp(of: interaction.id), payload: Array(json), origin: origin
+                timestamp: interaction.id.timestamp, payload: Array(json), origin: origin
             )
         case .none, .hello, .invalidSession, .ready, .resumed, .ignored:
             return nil
         }
     }
-
-    /// Milliseconds since the Unix epoch at which a snowflake was made.
-    static func timestamp(of id: Snowflake) -> Int64 { id.timestamp }
 }
 
 extension Message {

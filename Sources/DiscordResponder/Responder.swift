@@ -384,8 +384,9 @@ public final class Responder: Service, Sendable {
     private func image(guild: Snowflake, trigger: String, chance: Int) async -> [CreateMessage.Embed]? {
         guard chance > 0, ResponseSettings.wins(messageID: trigger + ":image", partsPerMillion: chance) else { return nil }
         do throws(any Error) {
-            let key = "\(ChainKeys(guild: guild).prefix):img"
-            let pair = try await self.log.redis.send(RedisCommand("HRANDFIELD", .string(key), 1, "WITHVALUES")).array ?? []
+            let pair = try await self.log.redis.send(
+                RedisCommand("HRANDFIELD", .string(ChainKeys(guild: guild).images), 1, "WITHVALUES")
+            ).array ?? []
             guard pair.count == 2, let url = pair[1].string else { return nil }
             let refreshed = try await self.rest.refreshAttachmentURLs([url])
             return [CreateMessage.Embed(imageURL: refreshed[url] ?? url)]

@@ -46,7 +46,7 @@ public struct ResponseSettings: Sendable {
             RedisCommand("HGET", .string(Self.chanceKey(guild)), "images"),
             RedisCommand("SMEMBERS", .string(channels)),
             // A thread counts as its channel.
-            RedisCommand("HGET", .string("\(ChainKeys(guild: guild).prefix):threads"), .string(channel.rawValue)),
+            RedisCommand("HGET", .string(ChainKeys(guild: guild).threads), .string(channel.rawValue)),
             RedisCommand("SCARD", .string(askRoles)),
             RedisCommand("SMISMEMBER", [.string(askRoles)] + roles.map { .string($0.rawValue) }),
         ]
@@ -63,15 +63,6 @@ public struct ResponseSettings: Sendable {
         let memberships = (values[4].array ?? []).map { $0.int == 1 }
         rules.roleAllowed = values[3].int == 0 || memberships.contains(true)
         return rules
-    }
-
-    /// The rules for one trigger.
-    public func rules(guild: Snowflake, channel: Snowflake, roles: [Snowflake]) async throws(RedisError) -> ReplyRules {
-        var replies: [RedisReply] = []
-        for result in await self.redis.pipeline(Self.ruleCommands(guild: guild, channel: channel, roles: roles)) {
-            replies.append(try result.get())
-        }
-        return Self.rules(from: replies[...], channel: channel)
     }
 
     /// Sets the chance, in parts per million, that a reply carries an image the guild posted (0: never).

@@ -18,6 +18,10 @@ public struct ChainKeys: Sendable, Hashable {
     public var listen: String { "\(self.prefix):listen" }
     /// Set of user ids who opted out.
     public var optOut: String { "\(self.prefix):optout" }
+    /// Thread id → its channel (hash): a message in a thread is learnt when its channel is.
+    public var threads: String { "\(self.prefix):threads" }
+    /// Message id → its first image URL (hash), for replies with an image.
+    public var images: String { "\(self.prefix):img" }
 }
 
 /// The event log's keys: `partitions` streams, each its own cluster slot, a guild always in the same one.
