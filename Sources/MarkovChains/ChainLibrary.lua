@@ -39,6 +39,20 @@ local function bucket_of(h, L, p)
     return b
 end
 
+-- ':c:<n>' for the first 2^16 bucket numbers, made once: formatting a number is as dear as a Redis command here.
+local bucket_suffixes = {}
+
+-- The key of the bucket that holds a state of hash h.
+local function bucket_key(P, h, L, p)
+    local b = bucket_of(h, L, p)
+    local suffix = bucket_suffixes[b]
+    if not suffix then
+        suffix = ':c:' .. b
+        if b < 65536 then bucket_suffixes[b] = suffix end
+    end
+    return P .. suffix
+end
+
 -- Successor lists of small states -----------------------------------------------------------------------------
 
 local function decode_small(v)
@@ -70,8 +84,9 @@ local function encode_small(toks, counts)
 end
 
 -- Alias tables (Vose, exact integer thresholds) -----------------------------------------------------------------
--- Blob layout (little endian): T u32 | n u32 | tokens_at u32 | n × (threshold u32, alias u32) |
--- (n+1) × token offset u32 (relative to tokens_at) | token bytes.
+-- Blob layout (little endian): T u32 | n u32 | n columns of 20 bytes | token bytes. Column i is
+-- (threshold, start of token i, start of its alias's token, length of token i, length of the alias's), each u32,
+-- starts relative to the token bytes at 8 + 20n: a draw reads one column, then one token.
 -- Column i is drawn uniformly, u uniformly in [0, T): u < threshold[i] picks i, otherwise alias[i].
 -- P(token j) = (threshold[j] + Σ_{alias[i]=j} (T - threshold[i])) / (n·T) = count[j] / T exactly.
 
@@ -98,15 +113,17 @@ local function build_alias(toks, counts)
     end
     for _, i in ipairs(large) do thr[i] = T; alias[i] = i end
     for _, i in ipairs(small) do thr[i] = T; alias[i] = i end -- unreachable with exact integers; kept for safety
-    local cols, offs, off = {}, {}, 0
+    local starts, off = {}, 0
     for i = 1, n do
-        cols[i] = struct.pack('<I4I4', thr[i], alias[i] - 1)
-        offs[i] = struct.pack('<I4', off)
+        starts[i] = off
         off = off + #toks[i]
     end
-    offs[n + 1] = struct.pack('<I4', off)
-    local tokens_at = 12 + 8 * n + 4 * (n + 1)
-    return struct.pack('<I4I4I4', T, n, tokens_at) .. table.concat(cols) .. table.concat(offs) .. table.concat(toks), T
+    local cols = {}
+    for i = 1, n do
+        local a = alias[i]
+        cols[i] = struct.pack('<I4I4I4I4I4', thr[i], starts[i], starts[a], #toks[i], #toks[a])
+    end
+    return struct.pack('<I4I4', T, n) .. table.concat(cols) .. table.concat(toks), T
 end
 
 -- Random numbers: L'Ecuyer's combined multiplicative generator, exact in Lua's doubles, seeded by the caller
@@ -139,22 +156,33 @@ end
 
 -- Big states: '{g}:s:<state>' counts (the truth), '{g}:a:<state>' alias blob built from the counts at some
 -- moment, '{g}:p:<state>' list of increments since (one element per unit), '{g}:n:<state>' decrements since.
--- The bucket field of a big state holds its header instead of successors: '*T n at P N K' (blob total, blob
--- columns, offset of the blob's tokens, pending increments, pending decrements, live successors), so one HGET
--- tells the sampler everything it needs. Sampling draws from blob ∪ list in proportion to T and P and accepts
+-- The bucket field of a big state holds its header instead of successors: '#' and five u32 LE (blob total, blob
+-- columns, pending increments, pending decrements, live successors), so one HGET tells the sampler everything
+-- it needs and one struct.unpack reads it (markov_state shows it decoded). Sampling draws from blob ∪ list in proportion to T and P and accepts
 -- token t with probability count[t] / (count[t] + decrements[t]): exactly count[t] / Σcount, at all times.
 
 local function big_keys(P, state)
     return P .. ':s:' .. state, P .. ':a:' .. state, P .. ':p:' .. state, P .. ':n:' .. state
 end
 
-local function parse_header(v)
-    local T, n, at, pending, neg, live = string.match(v, '^%*(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
-    return tonumber(T), tonumber(n), tonumber(at), tonumber(pending), tonumber(neg), tonumber(live)
+local HEADER, LEGACY_HEADER = 35, 42 -- '#'; '*' began the text headers (and older blobs) of earlier versions
+
+local function is_big(v)
+    local b = string.byte(v, 1)
+    return b == HEADER or b == LEGACY_HEADER
 end
 
-local function format_header(T, n, at, pending, neg, live)
-    return '*' .. T .. ' ' .. n .. ' ' .. at .. ' ' .. pending .. ' ' .. neg .. ' ' .. live
+local function parse_header(v)
+    if string.byte(v, 1) == LEGACY_HEADER then
+        local T, n, _, pending, neg, live = string.match(v, '^%*(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+        return tonumber(T), tonumber(n), tonumber(pending), tonumber(neg), tonumber(live), true
+    end
+    local T, n, pending, neg, live = struct.unpack('<I4I4I4I4I4', v, 2)
+    return T, n, pending, neg, live, false
+end
+
+local function format_header(T, n, pending, neg, live)
+    return '#' .. struct.pack('<I4I4I4I4I4', T, n, pending, neg, live)
 end
 
 -- Alias tables rebuilt by the current call (returned by markov_apply for the trainers' metrics).
@@ -174,14 +202,14 @@ local function rebuild_big(P, state)
     local blob, T = build_alias(toks, counts)
     redis.call('SET', ak, blob)
     redis.call('HINCRBY', P .. ':meta', 'rebuilds', 1)
-    return format_header(T, #toks, 12 + 8 * #toks + 4 * (#toks + 1), 0, 0, #toks)
+    return format_header(T, #toks, 0, 0, #toks)
 end
 
 -- Applies deltas {token → change} to a big state; returns (new header or nil when empty, edges added,
 -- edges removed, total change).
 local function apply_big(P, state, header, deltas)
     local sk, ak, pk, nk = big_keys(P, state)
-    local T, n, at, pending, neg, live = parse_header(header)
+    local T, n, pending, neg, live, legacy = parse_header(header)
     local added, removed, total = 0, 0, 0
     local units = {}
     for tok, d in pairs(deltas) do
@@ -212,10 +240,10 @@ local function apply_big(P, state, header, deltas)
         redis.call('DEL', sk, ak, pk, nk)
         return nil, added, removed, total
     end
-    if pending > math.max(MIN_PENDING, T / 4) or neg > T / 4 then
+    if legacy or pending > math.max(MIN_PENDING, T / 4) or neg > T / 4 then
         return rebuild_big(P, state), added, removed, total
     end
-    return format_header(T, n, at, pending, neg, live), added, removed, total
+    return format_header(T, n, pending, neg, live), added, removed, total
 end
 
 -- Moves a small state to keys of its own; returns its header.
@@ -286,9 +314,9 @@ function Chain:flush()
     local P = self.P
     for _, state in ipairs(self.order) do
         local deltas = self.deltas[state]
-        local bk = P .. ':c:' .. bucket_of(self:hash(state), self.L, self.p)
+        local bk = bucket_key(P, self:hash(state), self.L, self.p)
         local v = redis.call('HGET', bk, state)
-        if v and string.byte(v, 1) == 42 then -- '*': a big state's header
+        if v and is_big(v) then
             local header, added, removed, total = apply_big(P, state, v, deltas)
             self.edges = self.edges + added - removed
             self.total = self.total + total
@@ -521,54 +549,65 @@ local function scan_counts(sk, total)
     return nil
 end
 
-local function sample_state(P, L, p, state)
-    local bk = P .. ':c:' .. bucket_of(state_hash(state), L, p)
-    local v = redis.call('HGET', bk, state)
-    if not v then return nil end
-    if string.byte(v, 1) ~= 42 then
-        if not string.find(v, '\n', 1, true) then -- one successor: the common case
-            local tab = string.find(v, '\t', 1, true)
-            local count = tonumber(string.sub(v, 1, tab - 1))
-            return string.sub(v, tab + 1), count, count
-        end
-        local toks, counts = decode_small(v)
-        local total = 0
-        for i = 1, #counts do total = total + counts[i] end
-        local r = rand_below(total)
-        for i = 1, #toks do
-            r = r - counts[i]
-            if r < 0 then return toks[i], counts[i], total end
-        end
-        return nil
+-- A small state's successors 'count\ttoken\n…': one draw, in two passes over the string (no tables).
+local function sample_small(v)
+    local find, sub = string.find, string.sub
+    local nl = find(v, '\n', 1, true)
+    if not nl then -- one successor: the common case
+        local tab = find(v, '\t', 1, true)
+        local count = tonumber(sub(v, 1, tab - 1))
+        return sub(v, tab + 1), count, count
     end
-    local sk, ak, pk, nk = big_keys(P, state)
-    local T, n, tokens_at, pending, neg = parse_header(v)
+    local total, pos = 0, 1
+    while pos do
+        local tab = find(v, '\t', pos, true)
+        total = total + tonumber(sub(v, pos, tab - 1))
+        nl = find(v, '\n', tab + 1, true)
+        pos = nl and nl + 1
+    end
+    local r = rand_below(total)
+    pos = 1
+    while pos do
+        local tab = find(v, '\t', pos, true)
+        local count = tonumber(sub(v, pos, tab - 1))
+        nl = find(v, '\n', tab + 1, true)
+        r = r - count
+        if r < 0 then return sub(v, tab + 1, nl and nl - 1), count, total end
+        pos = nl and nl + 1
+    end
+    return nil
+end
+
+local function sample_state(P, L, p, state)
+    local v = redis.call('HGET', bucket_key(P, state_hash(state), L, p), state)
+    if not v then return nil end
+    if not is_big(v) then return sample_small(v) end
+    local T, n, pending, neg, _, legacy = parse_header(v)
     local total = T + pending - neg
     if total <= 0 then return nil end
-    if linear_scan then return scan_counts(sk, total) end
+    if legacy or linear_scan then return scan_counts(P .. ':s:' .. state, total) end -- legacy: until its next rebuild
+    local ak, tokens_at = P .. ':a:' .. state, 8 + 20 * n
     for _ = 1, 64 do
-        local r = rand_below(T + pending)
         local tok
+        local r = pending > 0 and rand_below(T + pending) or 0
         if r < T then
             local i = rand_below(n)
-            local thr, alias = struct.unpack('<I4I4', redis.call('GETRANGE', ak, 12 + 8 * i, 19 + 8 * i))
-            local j = i
-            if rand_below(T) >= thr then j = alias end
-            local o1, o2 = struct.unpack('<I4I4', redis.call('GETRANGE', ak, 12 + 8 * n + 4 * j, 19 + 8 * n + 4 * j))
-            if o2 > o1 then tok = redis.call('GETRANGE', ak, tokens_at + o1, tokens_at + o2 - 1) else tok = '' end
+            local thr, s1, s2, l1, l2 = struct.unpack('<I4I4I4I4I4', redis.call('GETRANGE', ak, 8 + 20 * i, 27 + 20 * i))
+            if rand_below(T) >= thr then s1, l1 = s2, l2 end
+            if l1 > 0 then tok = redis.call('GETRANGE', ak, tokens_at + s1, tokens_at + s1 + l1 - 1) else tok = '' end
         else
-            tok = redis.call('LINDEX', pk, r - T)
+            tok = redis.call('LINDEX', P .. ':p:' .. state, r - T)
         end
         if neg == 0 then
-            if debug_counts then return tok, tonumber(redis.call('HGET', sk, tok) or '0'), total end
+            if debug_counts then return tok, tonumber(redis.call('HGET', P .. ':s:' .. state, tok) or '0'), total end
             return tok, 0, total
         end
-        local count = tonumber(redis.call('HGET', sk, tok) or '0')
-        local minus = tonumber(redis.call('HGET', nk, tok) or '0')
+        local count = tonumber(redis.call('HGET', P .. ':s:' .. state, tok) or '0')
+        local minus = tonumber(redis.call('HGET', P .. ':n:' .. state, tok) or '0')
         if minus == 0 or rand_below(count + minus) < count then return tok, count, total end
     end
     -- Extremely unlikely (each try accepts with probability >= 3/4): fall back to a linear scan.
-    return scan_counts(sk, total)
+    return scan_counts(P .. ':s:' .. state, total)
 end
 
 local function utf16_length(s)
@@ -582,7 +621,7 @@ local function utf16_length(s)
 end
 
 local function state_exists(P, L, p, state)
-    local bk = P .. ':c:' .. bucket_of(state_hash(state), L, p)
+    local bk = bucket_key(P, state_hash(state), L, p)
     return redis.call('HEXISTS', bk, state) == 1
 end
 
@@ -636,13 +675,12 @@ local function generate(keys, args)
 
     local reason = 'the guild has no data'
     for try = 1, max_tries do
-        local state = {}
-        for i = 1, n do state[i] = start[i] end
+        local state = table.concat(start, ' ')
         local out, steps = {}, {}
         for i = 1, #prefix do out[i] = prefix[i] end
-        local ended = false
-        while #out < max_words do
-            local tok, count, total = sample_state(P, L, p, table.concat(state, ' '))
+        local words, ended = #out, false
+        while words < max_words do
+            local tok, count, total = sample_state(P, L, p, state)
             if tok == nil then break end
             if debug then
                 steps[#steps + 1] = tok
@@ -650,9 +688,10 @@ local function generate(keys, args)
                 steps[#steps + 1] = total
             end
             if tok == '' then ended = true; break end
-            out[#out + 1] = tok
-            table.remove(state, 1)
-            state[n] = tok
+            words = words + 1
+            out[words] = tok
+            -- The next state: this one without its first token, then tok (tokens never contain spaces).
+            if n == 1 then state = tok else state = string.sub(state, string.find(state, ' ', 1, true) + 1) .. ' ' .. tok end
         end
         local sentence = table.concat(out, ' ')
         if not ended then
@@ -680,17 +719,17 @@ local function inspect_state(keys, args)
     local P = prefix_of(meta)
     local state = args[1]
     local L, p = load_table(meta)
-    local bk = P .. ':c:' .. bucket_of(state_hash(state), L, p)
+    local bk = bucket_key(P, state_hash(state), L, p)
     local v = redis.call('HGET', bk, state)
     if not v then return { 'unknown', bk, {}, {} } end
-    if string.byte(v, 1) ~= 42 then
+    if not is_big(v) then
         local toks, counts = decode_small(v)
         local flat = {}
         for i = 1, #toks do flat[#flat + 1] = toks[i]; flat[#flat + 1] = counts[i] end
         return { 'small', bk, flat, {} }
     end
-    local sk, ak, pk, nk = big_keys(P, state)
-    local T, cols, _, pending, neg = parse_header(v)
+    local sk, ak, pk = big_keys(P, state)
+    local T, cols, pending, neg = parse_header(v)
     return { 'big', bk, redis.call('HGETALL', sk),
         { 'alias_total', T, 'alias_columns', cols, 'pending_increments', pending, 'pending_decrements', neg,
           'counts_key', sk, 'alias_key', ak, 'pending_key', pk } }

@@ -148,8 +148,15 @@ public struct ChainStore: Sendable {
 
     /// Generates one sentence with one `FCALL_RO`.
     public func generate(guild: Snowflake, options: GenerationOptions = .init()) async throws(RedisError) -> Generation {
+        // The generator in Redis is seeded with two halves of the seed, mixed first (SplitMix64's finaliser):
+        // nearby seeds such as 1, 2, 3 would otherwise start it in lockstep (their first draws mod 10 share a
+        // parity, for one).
+        var mixed = options.rngSeed &+ 0x9E37_79B9_7F4A_7C15
+        mixed = (mixed ^ (mixed >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        mixed = (mixed ^ (mixed >> 27)) &* 0x94D0_49BB_1331_11EB
+        mixed ^= mixed >> 31
         var arguments: [RedisArgument] = [
-            .integer(self.stateSize), .integer(Int(options.rngSeed >> 33)), .integer(Int(options.rngSeed & 0x1_FFFF_FFFF)),
+            .integer(self.stateSize), .integer(Int(mixed >> 33)), .integer(Int(mixed & 0x1_FFFF_FFFF)),
             .integer(options.maxWords), .integer(options.maxTries), .integer(options.minWords),
             .integer(options.maxCharacters), options.allowCopies ? "1" : "0", options.debug ? "1" : "0",
             options.linearScan ? "linear" : "alias",
