@@ -34,6 +34,9 @@ public final class Responder: Service, Sendable {
         public var interactionDeferAfter: Duration = .milliseconds(2000)
         /// After speaking unasked (random chance, auto-respond) in a channel, the bot stays quiet there this long.
         public var cooldown: Duration = .seconds(10)
+        /// How long a guild's auto-respond channels and chances are kept before they are read again (zero: read
+        /// for every message). A settings command run here takes effect at once; `markov settings` within this.
+        public var settingsCacheTTL: Duration = .seconds(2)
         /// Users allowed every admin command, whatever their permissions (`OWNER_IDS`).
         public var owners: Set<String> = []
         /// History backfills (`/train`) this responder reads at once.
@@ -64,6 +67,7 @@ public final class Responder: Service, Sendable {
     private let composer: ReplyComposer
     private let commands: SettingsCommands
     private let settings: ResponseSettings
+    private let unaskedSettings: UnaskedSettingsCache
     private let rest: DiscordRESTClient
     private let logger: Logger
     private let backfill: BackfillRunner
@@ -74,6 +78,7 @@ public final class Responder: Service, Sendable {
         self.log = log
         self.composer = ReplyComposer(store: store, prefix: configuration.commandPrefix)
         self.settings = ResponseSettings(redis: log.redis)
+        self.unaskedSettings = UnaskedSettingsCache(settings: self.settings, timeToLive: configuration.settingsCacheTTL)
         var backfills = BackfillStore(redis: log.redis)
         backfills.leaseTTL = configuration.backfillLease
         self.commands = SettingsCommands(store: store, settings: self.settings, backfills: backfills, owners: configuration.owners)
@@ -280,11 +285,13 @@ public final class Responder: Service, Sendable {
             // "thinking" and edit the reply in when it is.
             let composer = self.composer
             let commands = self.commands
+            let unaskedSettings = self.unaskedSettings
             let guild = event.guildID
             let ephemeral: Bool
             if case .command = trigger.request { ephemeral = true } else { ephemeral = false }
             let generation = Task { () throws -> String in
                 if case .command(let command) = trigger.request {
+                    defer { unaskedSettings.forget(guild: guild) } // the command may have changed them
                     return try await commands.run(command, interaction: interaction, guild: guild)
                 }
                 return try await composer.reply(to: trigger.request, guild: guild)
@@ -322,7 +329,7 @@ public final class Responder: Service, Sendable {
     /// the message id, so a redelivery decides the same), and the channel's cooldown is free.
     private func speaksUnasked(_ event: ChainEvent, messageID: String, channel: Snowflake) async -> Bool {
         do {
-            let (auto, chance) = try await self.settings.unasked(guild: event.guildID, channel: channel)
+            let (auto, chance) = try await self.unaskedSettings.rules(guild: event.guildID, channel: channel)
             if !auto {
                 guard ResponseSettings.wins(messageID: messageID, partsPerMillion: chance) else { return false }
             }

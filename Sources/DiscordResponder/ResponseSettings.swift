@@ -1,6 +1,7 @@
 import MarkovChains
 import MarkovCore
 import Redis
+import Synchronization
 
 /// When the bot speaks unasked, per guild, in Redis beside the guild's chain (same hash tag):
 ///
@@ -114,16 +115,35 @@ public struct ResponseSettings: Sendable {
         return result
     }
 
-    /// In one round trip: whether `channel` answers every message, and the chance (parts per million) of answering a
-    /// message there unasked. Every human message asks this, so it is one pipeline.
-    public func unasked(guild: Snowflake, channel: Snowflake) async throws(RedisError) -> (autorespond: Bool, chance: Int) {
+    /// A guild's settings for speaking unasked: its auto-respond channels and its chances.
+    public struct Unasked: Sendable, Hashable {
+        /// Channels where every human message is answered.
+        public var autorespond: Set<String> = []
+        /// Parts per million by channel id, and `guild` for the rest of the guild.
+        public var chances: [String: Int] = [:]
+
+        /// Whether `channel` answers every message, and the chance (parts per million) of answering a message
+        /// there unasked: the channel's own chance, else the guild's.
+        public func rules(channel: Snowflake) -> (autorespond: Bool, chance: Int) {
+            (self.autorespond.contains(channel.rawValue), self.chances[channel.rawValue] ?? self.chances["guild"] ?? 0)
+        }
+    }
+
+    /// A guild's unasked settings, in one round trip.
+    public func unasked(guild: Snowflake) async throws(RedisError) -> Unasked {
         let replies = await self.redis.pipeline([
-            RedisCommand("SISMEMBER", .string(Self.autorespondKey(guild)), .string(channel.rawValue)),
-            RedisCommand("HMGET", .string(Self.chanceKey(guild)), .string(channel.rawValue), "guild"),
+            RedisCommand("SMEMBERS", .string(Self.autorespondKey(guild))),
+            RedisCommand("HGETALL", .string(Self.chanceKey(guild))),
         ])
-        let autorespond = try replies[0].get().int == 1
-        let values = (try replies[1].get().array ?? []).map { $0.string.flatMap { Int($0) } }
-        return (autorespond, values.first.flatMap { $0 } ?? values.last.flatMap { $0 } ?? 0)
+        var settings = Unasked()
+        settings.autorespond = Set((try replies[0].get().array ?? []).compactMap(\.string))
+        let flat = try replies[1].get().array ?? []
+        for index in stride(from: 0, to: flat.count - 1, by: 2) {
+            guard let field = flat[index].string, field != "images", let value = flat[index + 1].string.flatMap({ Int($0) })
+            else { continue }
+            settings.chances[field] = value
+        }
+        return settings
     }
 
     public func setAutorespond(_ enabled: Bool, guild: Snowflake, channel: Snowflake) async throws(RedisError) {
@@ -153,5 +173,49 @@ public struct ResponseSettings: Sendable {
         var hash = StableHash()
         hash.combine(messageID.utf8)
         return Int(hash.value % 1_000_000) < partsPerMillion
+    }
+}
+
+/// Guilds' unasked settings, kept for a short while by each responder: every human message asks for them, and they
+/// change rarely (a settings slash command, which the responder that runs it forgets at once, or `markov settings`,
+/// which other responders see within the time to live).
+public final class UnaskedSettingsCache: Sendable {
+    private struct Entry {
+        var settings: ResponseSettings.Unasked
+        var fetched: ContinuousClock.Instant
+    }
+
+    private let settings: ResponseSettings
+    private let timeToLive: Duration
+    private let entries = Mutex<[Snowflake: Entry]>([:])
+    /// Past this many guilds, entries older than the time to live are dropped before another is added.
+    private let sweepAbove = 10_000
+
+    public init(settings: ResponseSettings, timeToLive: Duration) {
+        self.settings = settings
+        self.timeToLive = timeToLive
+    }
+
+    /// Whether `channel` answers every message, and its chance of answering unasked.
+    public func rules(guild: Snowflake, channel: Snowflake) async throws(RedisError) -> (autorespond: Bool, chance: Int) {
+        let now = ContinuousClock.now
+        if self.timeToLive > .zero, let entry = self.entries.withLock({ $0[guild] }), now - entry.fetched < self.timeToLive {
+            return entry.settings.rules(channel: channel)
+        }
+        let fresh = try await self.settings.unasked(guild: guild)
+        if self.timeToLive > .zero {
+            self.entries.withLock { entries in
+                if entries.count >= self.sweepAbove {
+                    entries = entries.filter { now - $0.value.fetched < self.timeToLive }
+                }
+                entries[guild] = Entry(settings: fresh, fetched: now)
+            }
+        }
+        return fresh.rules(channel: channel)
+    }
+
+    /// Drops what is known of `guild` (its settings just changed).
+    public func forget(guild: Snowflake) {
+        _ = self.entries.withLock { $0.removeValue(forKey: guild) }
     }
 }

@@ -357,9 +357,29 @@ extension GatewayIntegrationTests {
             await fake.stop()
         }
 
+        @Test("a guild's auto-respond channels and chances are read once per time to live; a settings change is seen after forget or the time")
+        func unaskedSettingsCache() async throws {
+            let harness = try await GatewayHarness()
+            let settings = ResponseSettings(redis: harness.redis)
+            let guild = Snowflake(String(Self.guild))!
+            let (here, there) = (Snowflake("7001")!, Snowflake("7002")!)
+            try await settings.setChance(5_000, guild: guild, channel: nil)
+            try await settings.setChance(250_000, guild: guild, channel: there)
+            try await settings.setImageChance(1_000_000, guild: guild)
+            let cached = UnaskedSettingsCache(settings: settings, timeToLive: .seconds(600))
+            let uncached = UnaskedSettingsCache(settings: settings, timeToLive: .zero)
+            #expect(try await cached.rules(guild: guild, channel: here) == (false, 5_000), "the guild's chance")
+            #expect(try await cached.rules(guild: guild, channel: there) == (false, 250_000), "the channel's own chance wins")
+            try await settings.setAutorespond(true, guild: guild, channel: here)
+            #expect(try await uncached.rules(guild: guild, channel: here) == (true, 5_000))
+            #expect(try await cached.rules(guild: guild, channel: here) == (false, 5_000), "kept for its time to live")
+            cached.forget(guild: guild)
+            #expect(try await cached.rules(guild: guild, channel: here) == (true, 5_000), "read again once forgotten")
+        }
+
         @Test("two REST clients flooding one channel share its bucket through Redis: no 429 at all")
         func sharedBucket() async throws {
-            let harness = try await GatewayHarness()
+            _ = try await GatewayHarness()
             let fake = try await GatewayHarness.fake { $0.rest.messageBucketLimit = 5; $0.rest.messageBucketWindow = .milliseconds(500) }
             func client() throws -> (DiscordRESTClient, RedisClient) {
                 // A client of its own, as another process would have.

@@ -16,6 +16,8 @@ struct Responder: AsyncParsableCommand {
     @OptionGroup var options: GlobalOptions
 
     @Option(help: "Seconds after which a trigger is too old to answer (after an outage).") var maxAge = 300
+    @Option(help: "Seconds a guild's auto-respond channels and chances are kept before being read again (0: every message).")
+    var settingsCache = 2
     @Option(help: "Seconds the bot stays quiet in a channel after speaking there unasked.") var cooldown = 10
     @Option(help: "Seconds an entry may sit unacknowledged (a dead responder, a failed reply) before it is tried again.")
     var claimAfter = 30
@@ -26,12 +28,13 @@ struct Responder: AsyncParsableCommand {
     func run() async throws {
         LoggingSetup.once
         let context = try await RoleContext(options: self.options, label: "markov.responder")
-        guard self.backfills >= 0, self.backfillLease > 0, self.backfillProgress > 0 else {
-            throw ValidationError("--backfills must be at least 0; --backfill-lease and --backfill-progress at least 1")
+        guard self.backfills >= 0, self.settingsCache >= 0, self.backfillLease > 0, self.backfillProgress > 0 else {
+            throw ValidationError("--backfills and --settings-cache must be at least 0; --backfill-lease and --backfill-progress at least 1")
         }
         var responderOptions = ResponderOptions()
         responderOptions.maxAge = self.maxAge
         responderOptions.cooldown = self.cooldown
+        responderOptions.settingsCache = self.settingsCache
         responderOptions.claimAfter = self.claimAfter
         responderOptions.backfills = self.backfills
         responderOptions.backfillLease = self.backfillLease
@@ -68,6 +71,7 @@ struct Responder: AsyncParsableCommand {
     struct ResponderOptions {
         var maxAge = 300
         var cooldown = 10
+        var settingsCache = 2
         var claimAfter = 30
         var backfills = 2
         var backfillLease = 30
@@ -80,6 +84,7 @@ struct Responder: AsyncParsableCommand {
         configuration.commandPrefix = context.configuration.commandPrefix
         configuration.maxAge = .seconds(options.maxAge)
         configuration.cooldown = .seconds(options.cooldown)
+        configuration.settingsCacheTTL = .seconds(options.settingsCache)
         configuration.claimAfter = .seconds(options.claimAfter)
         configuration.backfills = options.backfills
         configuration.backfillLease = .seconds(options.backfillLease)
