@@ -15,6 +15,11 @@ import Synchronization
 /// a later one (retries duplicate entries; consumers take a message id once);
 /// the checkpoint of a batch is written only when all of its appends succeeded. A process killed with events
 /// still in memory loses nothing: its checkpoint is behind them, so the next resume replays them.
+///
+/// Memory is bounded: while Redis is unreachable, at most ``maxBacklog`` events wait besides the batch being
+/// retried; past that, ``submit(shard:event:checkpoint:)`` waits, so the shards stop reading their sockets (TCP
+/// pushes back on Discord) until the log takes events again. Nothing is dropped; a connection Discord closes
+/// meanwhile is resumed from the last dispatch read, and Discord replays what came after.
 final class EventPump: Sendable {
     private struct Item {
         var shard: Int
@@ -25,7 +30,11 @@ final class EventPump: Sendable {
     private struct State {
         var items: [Item] = []
         var waiter: CheckedContinuation<Void, Never>?
+        /// Submitters waiting for room in ``items``.
+        var blocked: [CheckedContinuation<Void, Never>] = []
         var finished = false
+        /// Shutting down: submissions no longer wait for room (the shards must be able to stop).
+        var draining = false
     }
 
     /// Counts since start.
@@ -45,12 +54,15 @@ final class EventPump: Sendable {
     private let logger: Logger
     /// How long a finishing pump keeps retrying appends that fail (Redis down at shutdown).
     let finishRetryLimit: Duration
+    /// Events that may wait besides the batch in flight before submitters wait.
+    let maxBacklog: Int
 
-    init(log: EventLog, store: GatewayStore, logger: Logger, finishRetryLimit: Duration = .seconds(10)) {
+    init(log: EventLog, store: GatewayStore, logger: Logger, finishRetryLimit: Duration = .seconds(10), maxBacklog: Int = 50_000) {
         self.log = log
         self.store = store
         self.logger = logger
         self.finishRetryLimit = finishRetryLimit
+        self.maxBacklog = max(1, maxBacklog)
     }
 
     var statistics: Statistics { self.counters.withLock { $0 } }
@@ -58,24 +70,62 @@ final class EventPump: Sendable {
     /// Events waiting to be written.
     var backlog: Int { self.state.withLock { $0.items.count } }
 
-    /// Queues one dispatch's event (if it has one) and the shard's session as of that dispatch.
-    func submit(shard: Int, event: ChainEvent?, checkpoint: GatewaySession?) {
-        let waiter = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
-            state.items.append(Item(shard: shard, event: event, checkpoint: checkpoint))
-            defer { state.waiter = nil }
-            return state.waiter
+    /// Queues one dispatch's event (if it has one) and the shard's session as of that dispatch; waits while
+    /// ``maxBacklog`` events are already waiting.
+    func submit(shard: Int, event: ChainEvent?, checkpoint: GatewaySession?) async {
+        var warned = false
+        while true {
+            enum Outcome { case queued(CheckedContinuation<Void, Never>?), full }
+            let outcome = self.state.withLock { state -> Outcome in
+                guard state.items.count < self.maxBacklog || state.draining || state.finished else { return .full }
+                state.items.append(Item(shard: shard, event: event, checkpoint: checkpoint))
+                defer { state.waiter = nil }
+                return .queued(state.waiter)
+            }
+            if case .queued(let waiter) = outcome {
+                waiter?.resume()
+                return
+            }
+            if !warned {
+                warned = true
+                self.logger.warning(
+                    "the event log is not taking events; the shard pauses reading until it does",
+                    metadata: ["shard": "\(shard)", "backlog": "\(self.maxBacklog)"]
+                )
+            }
+            await withCheckedContinuation { continuation in
+                let resumeNow = self.state.withLock { state -> Bool in
+                    if state.items.count < self.maxBacklog || state.draining || state.finished { return true }
+                    state.blocked.append(continuation)
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
         }
-        waiter?.resume()
+    }
+
+    /// Shutting down: submitters stop waiting for room, so the shards can stop.
+    func drain() {
+        let blocked = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.draining = true
+            defer { state.blocked = [] }
+            return state.blocked
+        }
+        for continuation in blocked { continuation.resume() }
     }
 
     /// No more submissions: ``run()`` writes what is queued and returns.
     func finish() {
-        let waiter = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
+        let (waiter, blocked) = self.state.withLock { state -> (CheckedContinuation<Void, Never>?, [CheckedContinuation<Void, Never>]) in
             state.finished = true
-            defer { state.waiter = nil }
-            return state.waiter
+            defer {
+                state.waiter = nil
+                state.blocked = []
+            }
+            return (state.waiter, state.blocked)
         }
         waiter?.resume()
+        for continuation in blocked { continuation.resume() }
     }
 
     /// The writer loop; returns after ``finish()`` once the queue is empty.
@@ -88,13 +138,17 @@ final class EventPump: Sendable {
     private func next() async -> [Item]? {
         while true {
             enum Step { case batch([Item]), done, wait }
-            let step = self.state.withLock { state -> Step in
+            let (step, blocked) = self.state.withLock { state -> (Step, [CheckedContinuation<Void, Never>]) in
                 if !state.items.isEmpty {
-                    defer { state.items.removeAll(keepingCapacity: true) }
-                    return .batch(state.items)
+                    defer {
+                        state.items.removeAll(keepingCapacity: true)
+                        state.blocked = []
+                    }
+                    return (.batch(state.items), state.blocked)
                 }
-                return state.finished ? .done : .wait
+                return (state.finished ? .done : .wait, [])
             }
+            for continuation in blocked { continuation.resume() }
             switch step {
             case .batch(let items): return items
             case .done: return nil

@@ -35,6 +35,8 @@ public final class GatewayService: Service, Sendable {
         /// Larger payloads are skipped (the connection resumes).
         public var maxMessageSize = 16 << 20
         public var reconnectBackoffCap: Duration = .seconds(30)
+        /// Events that may wait in memory for the event log (Redis unreachable) before the shards stop reading.
+        public var eventBacklog = 50_000
         /// Unique per process.
         public var owner: String
 
@@ -71,7 +73,7 @@ public final class GatewayService: Service, Sendable {
         self.log = log
         self.store = GatewayStore(redis: log.redis)
         self.logger = logger
-        self.pump = EventPump(log: log, store: self.store, logger: logger)
+        self.pump = EventPump(log: log, store: self.store, logger: logger, maxBacklog: configuration.eventBacklog)
     }
 
     /// Shards whose connection is identified or resumed, and the shards this process holds (for `/ready`).
@@ -148,6 +150,7 @@ public final class GatewayService: Service, Sendable {
                 self.pump.finish()
             }
         } onGracefulShutdown: {
+            self.pump.drain()
             Task {
                 await withTaskGroup(of: Void.self) { group in
                     for runner in shardRunners { group.addTask { await runner.stop() } }

@@ -8,7 +8,7 @@ import Redis
 /// | key | type | what |
 /// |---|---|---|
 /// | `gateway:session:<shard>` | hash `session_id resume_url seq shard_count updated_ms` | the shard's resumable session |
-/// | `gateway:identify:<max_concurrency>:<bucket>` | string with a 5 s expiry | an identify in that bucket is under way |
+/// | `gateway:identify:<max_concurrency>:<bucket>` | string (owner process/shard) with an expiry | the bucket's identify slot: held from before connecting (at most 10 s + the interval) until the interval after the identify was sent |
 /// | `gateway:limits` | hash `total remaining reset_at_ms max_concurrency updated_ms` | identify limits from discovery |
 /// | `bot:user` | hash `id application_id` | the bot user (READY), for mention detection |
 ///
@@ -54,13 +54,19 @@ public struct GatewayStore: Sendable {
         try await self.redis.send(RedisCommand("DEL", .string(Self.sessionKey(shard: shard))))
     }
 
+    /// How long an identify slot is held before the identify is sent: connecting and the Hello come first. A process
+    /// that dies in between keeps the bucket waiting at most this long (plus the interval).
+    public static let identifyHold: Duration = .seconds(10)
+
     /// Takes the identify slot of a bucket: returns once this caller may identify, at least `interval` after the
-    /// previous identify in the same bucket by any process. `stop` ends the wait early (returns false).
+    /// previous identify in the same bucket by any process. The slot is held (``identifyHold`` plus `interval`)
+    /// until ``markIdentify(maxConcurrency:bucket:interval:owner:)`` restarts it at the identify, or
+    /// ``releaseIdentifySlot(maxConcurrency:bucket:owner:)`` gives it back. `stop` ends the wait early (returns false).
     public func acquireIdentifySlot(
         maxConcurrency: Int, bucket: Int, interval: Duration, owner: String, stop: @Sendable () -> Bool
     ) async throws(RedisError) -> Bool {
         let key = Self.identifyKey(maxConcurrency: maxConcurrency, bucket: bucket)
-        let milliseconds = Int(interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
+        let milliseconds = Self.milliseconds(interval + Self.identifyHold)
         while !stop() {
             let set = try await self.redis.send(
                 RedisCommand("SET", .string(key), .string(owner), "NX", "PX", .integer(milliseconds))
@@ -74,13 +80,34 @@ public struct GatewayStore: Sendable {
         return false
     }
 
-    /// Restarts a bucket's interval at the moment of an identify (the slot was taken before connecting).
+    /// Restarts a bucket's interval now, just after this owner sent its identify: the next identify in the bucket
+    /// comes at least `interval` later. (Restarting it before sending would let the next one in early when the
+    /// send is slow.) Leaves a slot another owner holds alone.
     public func markIdentify(maxConcurrency: Int, bucket: Int, interval: Duration, owner: String) async throws(RedisError) {
-        let milliseconds = Int(interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
         try await self.redis.send(
-            RedisCommand("SET", .string(Self.identifyKey(maxConcurrency: maxConcurrency, bucket: bucket)), .string(owner),
-                         "PX", .integer(milliseconds))
+            RedisCommand("EVAL", [
+                """
+                local held = redis.call('GET', KEYS[1])
+                if held == false or held == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+                return 0
+                """, 1, .string(Self.identifyKey(maxConcurrency: maxConcurrency, bucket: bucket)), .string(owner),
+                .integer(Self.milliseconds(interval)),
+            ])
         )
+    }
+
+    /// Gives back a slot taken for an identify that was never sent (the connection failed first).
+    public func releaseIdentifySlot(maxConcurrency: Int, bucket: Int, owner: String) async throws(RedisError) {
+        try await self.redis.send(
+            RedisCommand("EVAL", [
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0", 1,
+                .string(Self.identifyKey(maxConcurrency: maxConcurrency, bucket: bucket)), .string(owner),
+            ])
+        )
+    }
+
+    private static func milliseconds(_ duration: Duration) -> Int {
+        Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
     }
 
     /// Records the identify limits from discovery.

@@ -80,7 +80,7 @@ final class ShardRunner: Sendable {
                 do {
                     acquired = try await self.store.acquireIdentifySlot(
                         maxConcurrency: self.settings.maxConcurrency, bucket: bucket,
-                        interval: self.settings.identifyInterval, owner: self.settings.owner,
+                        interval: self.settings.identifyInterval, owner: self.slotOwner,
                         stop: { self.isStopping }
                     )
                 } catch {
@@ -91,8 +91,16 @@ final class ShardRunner: Sendable {
                 }
                 guard acquired else { break }
             }
+            let identifiesBefore = self.counters.withLock { $0.identifies }
             let closeCode = await self.connectOnce(url: url ?? self.settings.gatewayURL)
             self.live.store(false, ordering: .relaxed)
+            if !resume, self.counters.withLock({ $0.identifies }) == identifiesBefore {
+                // The slot was taken for an identify that never went out: let the bucket's next shard have it.
+                try? await self.store.releaseIdentifySlot(
+                    maxConcurrency: self.settings.maxConcurrency,
+                    bucket: self.shard.bucket(maxConcurrency: self.settings.maxConcurrency), owner: self.slotOwner
+                )
+            }
             let reachedReady = self.counters.withLock { state in
                 defer { state.ready = false }
                 return state.ready
@@ -115,6 +123,9 @@ final class ShardRunner: Sendable {
             }
         }
     }
+
+    /// Who holds an identify slot taken by this shard.
+    private var slotOwner: String { "\(self.settings.owner)/\(self.shard.id)" }
 
     /// Stopping: asked to, or the task was cancelled.
     private var isStopping: Bool { self.stopping.load(ordering: .relaxed) || Task.isCancelled }
@@ -188,7 +199,6 @@ final class ShardRunner: Sendable {
                             bytes = Data(inflated.readableBytesView)
                         } catch let error as ZlibStreamInflater.Oversized {
                             self.counters.withLock { $0.skippedFrames += 1 }
-                    GatewayMetrics.skipped.increment()
                             GatewayMetrics.skipped.increment()
                             self.logger.warning("skipping an oversized payload", metadata: ["error": "\(error)"])
                             continue
@@ -244,16 +254,16 @@ final class ShardRunner: Sendable {
             case .identify:
                 self.counters.withLock { $0.identifies += 1 }
                 GatewayMetrics.identifies.increment()
-                // The slot was taken before connecting; restart its interval now, at the real identify.
-                try? await self.store.markIdentify(
-                    maxConcurrency: self.settings.maxConcurrency,
-                    bucket: self.shard.bucket(maxConcurrency: self.settings.maxConcurrency),
-                    interval: self.settings.identifyInterval, owner: self.settings.owner
-                )
                 await self.send(
                     .identify(token: self.settings.token, intents: self.settings.intents, shard: self.shard,
                               name: self.settings.name),
                     outbound: outbound
+                )
+                // The slot was taken before connecting; restart its interval now that the identify is out.
+                try? await self.store.markIdentify(
+                    maxConcurrency: self.settings.maxConcurrency,
+                    bucket: self.shard.bucket(maxConcurrency: self.settings.maxConcurrency),
+                    interval: self.settings.identifyInterval, owner: self.slotOwner
                 )
                 let left: Int?? = try? await self.store.countIdentify()
                 let leftText = left.flatMap { $0 }.map(String.init) ?? "unknown"
@@ -281,7 +291,7 @@ final class ShardRunner: Sendable {
                 self.counters.withLock { $0.dispatches += 1 }
                 GatewayMetrics.dispatches.increment()
                 let checkpoint = self.machine.withLock { $0.checkpoint }
-                self.pump.submit(shard: self.shard.id, event: frame.chainEvent(shard: self.shard.id), checkpoint: checkpoint)
+                await self.pump.submit(shard: self.shard.id, event: frame.chainEvent(shard: self.shard.id), checkpoint: checkpoint)
             case .close(let code, let reason):
                 if reason.hasPrefix("zombie") {
                     self.counters.withLock { $0.zombies += 1 }

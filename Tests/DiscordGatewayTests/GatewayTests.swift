@@ -1,10 +1,12 @@
 import DiscordGateway
 import DiscordProtocol
+import DiscordREST
 import FakeDiscord
 import Foundation
 import MarkovChains
 import MarkovCore
 import Redis
+import ServiceLifecycle
 import Testing
 
 extension GatewayIntegrationTests {
@@ -160,6 +162,67 @@ extension GatewayIntegrationTests {
             #expect(Set(entries.compactMap(\.messageID)) == expected)
             #expect(fake.identifies.count == 2, "no new identify")
             #expect(await second.stop() == nil)
+            await fake.stop()
+        }
+
+        @Test("while Redis is away the gateway keeps at most its backlog in memory and stops reading; when it returns, nothing is lost")
+        func boundedBacklog() async throws {
+            let redis = try ChaosSoakTests.AOFRedis()
+            try await redis.start()
+            defer { redis.kill9() }
+            let fake = try await GatewayHarness.fake()
+            var configuration = GatewayService.Configuration(token: fake.configuration.token, owner: "test-backlog")
+            configuration.rest = DiscordRESTClient(apiURL: fake.apiURL, token: fake.configuration.token, logger: GatewayHarness.logger)
+            configuration.identifyInterval = .milliseconds(300)
+            configuration.reconnectBackoffCap = .milliseconds(500)
+            configuration.eventBacklog = 20
+            let client = RedisClient(configuration: {
+                var redisConfiguration = try! RedisConfiguration(url: redis.url)
+                redisConfiguration.commandTimeout = .seconds(1)
+                return redisConfiguration
+            }(), logger: GatewayHarness.logger)
+            defer { client.shutdown() }
+            let log = EventLog(redis: client, partitions: GatewayHarness.partitions)
+            let service = GatewayService(configuration: configuration, log: log, logger: GatewayHarness.logger)
+            let group = ServiceGroup(services: [service], logger: GatewayHarness.logger)
+            let task = Task { try await group.run() }
+            try await fake.waitForShards(0..<1)
+            let guild = GatewayHarness.guild(onShard: 0, of: 1)
+            func send(_ id: UInt64) throws {
+                try fake.dispatch(shard: 0, event: "MESSAGE_CREATE",
+                                  json: FakeDiscord.messageJSON(id: id, channel: 7, guild: guild, author: 9, content: "backlog \(id)"))
+            }
+            for id in UInt64(1)...5 { try send(id) }
+            try await GatewayHarness.eventually("the first events in the log") { service.statistics.appended == 5 }
+
+            await redis.stop()
+            for id in UInt64(6)...205 { try send(id) }
+            try await GatewayHarness.eventually("the backlog to fill") { service.statistics.backlog == 20 }
+            try await Task.sleep(for: .seconds(1))
+            let held = service.statistics
+            #expect(held.backlog <= 20, "no more than the backlog waits: \(held)")
+            #expect(held.dispatches < 100, "the shard stopped reading instead of queueing everything: \(held)")
+
+            try await redis.start()
+            let reader = RedisClient(configuration: try RedisConfiguration(url: redis.url), logger: GatewayHarness.logger)
+            defer { reader.shutdown() }
+            let keys = EventLog(redis: reader, partitions: GatewayHarness.partitions).keys
+            func loggedIDs() async throws -> Set<String> {
+                var ids = Set<String>()
+                for partition in 0..<GatewayHarness.partitions {
+                    let reply = try await reader.send(RedisCommand("XRANGE", .string(keys.stream(partition)), "-", "+"))
+                    for entry in EventLog.entries(reply) {
+                        if let id = try ChainEvent(fields: entry.fields).messageID { ids.insert(id) }
+                    }
+                }
+                return ids
+            }
+            try await GatewayHarness.eventually("every message in the log", timeout: .seconds(60)) {
+                try await loggedIDs().count == 205
+            }
+            #expect(try await loggedIDs() == Set((1...205).map(String.init)))
+            await group.triggerGracefulShutdown()
+            try await task.value
             await fake.stop()
         }
 
