@@ -25,6 +25,8 @@ struct Gateway: AsyncParsableCommand {
     @Option(help: "Gateway intents bit set (default GUILDS | GUILD_MESSAGES | MESSAGE_CONTENT).")
     var intents = GatewayIntents.default.rawValue
     @Flag(help: "Ask for zlib-stream transport compression.") var compress = false
+    @Option(help: "Events that may wait in memory while Redis is unreachable before the shards stop reading.")
+    var eventBacklog = 50_000
     @Option(help: ArgumentHelp("Milliseconds between identifies of one bucket (Discord: 5000).", visibility: .hidden))
     var identifyIntervalMs = 5000
     @Option(help: ArgumentHelp("Identify concurrency when discovery is skipped.", visibility: .hidden))
@@ -57,6 +59,8 @@ struct Gateway: AsyncParsableCommand {
         }
         configuration.intents = GatewayIntents(rawValue: self.intents)
         configuration.compress = self.compress
+        guard self.eventBacklog > 0 else { throw ValidationError("--event-backlog must be at least 1") }
+        configuration.eventBacklog = self.eventBacklog
         configuration.identifyInterval = .milliseconds(self.identifyIntervalMs)
         configuration.maxConcurrency = self.maxConcurrency
         let gateway = GatewayService(configuration: configuration, log: context.log, logger: context.logger)
