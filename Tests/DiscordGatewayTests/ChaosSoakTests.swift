@@ -236,9 +236,15 @@ extension GatewayIntegrationTests {
             #expect(Set(replies.keys) == Set(triggers), "unanswered: \(Set(triggers).subtracting(replies.keys).count)")
 
             // Every guild's counts equal the model's.
+            let log = EventLog(redis: client, partitions: GatewayHarness.partitions)
             try await GatewayHarness.eventually("the trainers to catch up", timeout: .seconds(180)) {
-                let log = EventLog(redis: client, partitions: GatewayHarness.partitions)
-                return try await log.backlog(group: "trainers", partitions: 0..<GatewayHarness.partitions) == 0
+                try await log.backlog(group: "trainers", partitions: 0..<GatewayHarness.partitions) == 0
+            }
+            for partition in 0..<GatewayHarness.partitions where try await log.backlog(group: "trainers", partitions: [partition]) > 0 {
+                // What is left, for the record: the group's lag and pending counts, and who holds the pending entries.
+                let groups = try await client.send(RedisCommand("XINFO", "GROUPS", .string(log.keys.stream(partition))))
+                let pending = try await client.send(RedisCommand("XPENDING", .string(log.keys.stream(partition)), "trainers"))
+                print("chaos soak: partition \(partition) not drained: groups \(groups), pending \(pending)")
             }
             for guild in guilds {
                 let live = content.filter { $0.value.guild == guild && !deleted.contains($0.key) }
