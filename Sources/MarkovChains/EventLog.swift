@@ -105,18 +105,46 @@ public struct EventLog: Sendable {
 
     /// Entries of a group not yet read (lag) plus entries read but not acknowledged (pending), over every
     /// partition: zero when the group has caught up.
+    ///
+    /// Redis's own `lag` cannot be trusted everywhere: after a restart from an append-only file it is unknown
+    /// (null) until the group reads to the end, and after that it can stay far too high (the chaos soak saw a lag
+    /// of 263,552 for a group whose last delivered entry was the stream's last). So a group that has been given
+    /// the stream's last entry has no lag, whatever Redis says, and otherwise its lag is at most the stream's
+    /// length (unknown: the length).
     public func backlog(group: String, partitions: some Sequence<Int>) async throws(RedisError) -> Int {
         var total = 0
         for partition in partitions {
-            let reply = try await self.redis.send(RedisCommand("XINFO", "GROUPS", .string(self.keys.stream(partition))))
-            for entry in reply.array ?? [] {
-                let flat = entry.array ?? []
-                var info: [String: RedisReply] = [:]
-                for index in stride(from: 0, to: flat.count - 1, by: 2) { info[flat[index].string ?? ""] = flat[index + 1] }
-                if info["name"]?.string == group { total += (info["lag"]?.int ?? 0) + (info["pending"]?.int ?? 0) }
+            let stream = self.keys.stream(partition)
+            let replies = await self.redis.pipeline([
+                RedisCommand("XINFO", "GROUPS", .string(stream)),
+                RedisCommand("XINFO", "STREAM", .string(stream)),
+            ])
+            let groups = try replies[0].get()
+            let streamInfo = Self.fields((try? replies[1].get())?.array ?? [])
+            let length = streamInfo["length"]?.int
+            let lastGenerated = streamInfo["last-generated-id"]?.string
+            for entry in groups.array ?? [] {
+                let info = Self.fields(entry.array ?? [])
+                guard info["name"]?.string == group else { continue }
+                let pending = info["pending"]?.int ?? 0
+                let lag: Int
+                if let lastGenerated, info["last-delivered-id"]?.string == lastGenerated {
+                    lag = 0
+                } else if let length {
+                    lag = min(info["lag"]?.int ?? length, length)
+                } else {
+                    lag = info["lag"]?.int ?? 0
+                }
+                total += lag + pending
             }
         }
         return total
+    }
+
+    private static func fields(_ flat: [RedisReply]) -> [String: RedisReply] {
+        var fields: [String: RedisReply] = [:]
+        for index in stride(from: 0, to: flat.count - 1, by: 2) { fields[flat[index].string ?? ""] = flat[index + 1] }
+        return fields
     }
 
     /// Acknowledges entries.
