@@ -1,6 +1,7 @@
 import DiscordProtocol
 import Foundation
 import Logging
+import MarkovCore
 import CoreMetrics
 import NIOCore
 import NIOWebSocket
@@ -42,6 +43,8 @@ final class ShardRunner: Sendable {
     private let settings: Settings
     private let machine: Mutex<GatewayStateMachine>
     private let pump: EventPump
+    /// Thread id → its channel, from this shard's thread events (see ``withThreadParent(_:)``).
+    private let threadParents = Mutex<[String: String]>([:])
     private let store: GatewayStore
     private let logger: Logger
     private let budget = Mutex(SendBudget())
@@ -123,6 +126,31 @@ final class ShardRunner: Sendable {
             }
         }
     }
+
+    /// Remembers the channel of each thread this connection announces (GUILD_CREATE, THREAD_CREATE, …), and puts it
+    /// in the events of messages in those threads: Discord sends a thread's announcement before its messages, so a
+    /// new thread's first messages carry their channel even when trainers apply them before the thread's own event.
+    /// (Threads announced before a restart are found by the trainers' record of them instead.)
+    private func withThreadParent(_ event: ChainEvent?) -> ChainEvent? {
+        guard var event else { return nil }
+        switch event.kind {
+        case .threads:
+            self.threadParents.withLock { parents in
+                if parents.count > Self.maxKnownThreads { parents.removeAll() }
+                for (thread, parent) in zip(event.messageIDs, event.threadParents) { parents[thread] = parent }
+            }
+        case .create, .update:
+            if let channel = event.channelID, let parent = self.threadParents.withLock({ $0[channel.rawValue] }) {
+                event.threadParent = Snowflake(parent)
+            }
+        default:
+            break
+        }
+        return event
+    }
+
+    /// Threads remembered per shard before the memory is cleared (about 100 bytes each).
+    private static let maxKnownThreads = 200_000
 
     /// Who holds an identify slot taken by this shard.
     private var slotOwner: String { "\(self.settings.owner)/\(self.shard.id)" }
@@ -291,7 +319,8 @@ final class ShardRunner: Sendable {
                 self.counters.withLock { $0.dispatches += 1 }
                 GatewayMetrics.dispatches.increment()
                 let checkpoint = self.machine.withLock { $0.checkpoint }
-                await self.pump.submit(shard: self.shard.id, event: frame.chainEvent(shard: self.shard.id), checkpoint: checkpoint)
+                await self.pump.submit(shard: self.shard.id, event: self.withThreadParent(frame.chainEvent(shard: self.shard.id)),
+                                       checkpoint: checkpoint)
             case .close(let code, let reason):
                 if reason.hasPrefix("zombie") {
                     self.counters.withLock { $0.zombies += 1 }

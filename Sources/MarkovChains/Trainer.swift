@@ -335,10 +335,18 @@ public final class Trainer: Service, Sendable {
             if self.filter.skipReason(authorFlags: event.authorFlags, messageType: event.messageType, tokens: tokens) != nil {
                 return nil
             }
-            return .apply([.create(id: id, author: event.authorID?.rawValue ?? "0", channel: event.channelID?.rawValue ?? "",
-                                   force: force, message: LearnedMessage(tokens: tokens, stateSize: self.store.stateSize),
-                                   image: event.attachments.first(where: ChainEvent.isImage),
-                                   backfill: event.origin.flatMap { $0.hasPrefix("backfill:") ? String($0.dropFirst(9)) : nil })])
+            let create = ChainStore.Operation.create(
+                id: id, author: event.authorID?.rawValue ?? "0", channel: event.channelID?.rawValue ?? "",
+                force: force, message: LearnedMessage(tokens: tokens, stateSize: self.store.stateSize),
+                image: event.attachments.first(where: ChainEvent.isImage),
+                backfill: event.origin.flatMap { $0.hasPrefix("backfill:") ? String($0.dropFirst(9)) : nil }
+            )
+            // A message in a thread the gateway knew: record the thread's channel first, in the same atomic call, so
+            // the channel check cannot miss a thread whose own event another trainer has not applied yet.
+            if let thread = event.channelID, let parent = event.threadParent {
+                return .apply([.thread(id: thread.rawValue, channel: parent.rawValue), create])
+            }
+            return .apply([create])
         case .update:
             guard let id = event.messageID, let content = event.content else { return nil }
             var tokens = Tokenizer.tokens(content)

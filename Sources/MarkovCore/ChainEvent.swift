@@ -55,6 +55,9 @@ public struct ChainEvent: Sendable, Hashable {
     public var messageIDs: [String]
     /// The channel of each thread of a ``Kind/threads`` event, in the order of ``messageIDs``.
     public var threadParents: [String]
+    /// For a message in a thread whose channel the gateway knows: that channel (so a trainer can learn the message
+    /// even if the thread's own `threads` event is applied after it, by another trainer).
+    public var threadParent: Snowflake?
     public var authorID: Snowflake?
     public var authorFlags: AuthorFlags
     /// The author's roles in the guild, for creates from the gateway (the responders' role restriction).
@@ -82,6 +85,7 @@ public struct ChainEvent: Sendable, Hashable {
         messageID: String? = nil,
         messageIDs: [String] = [],
         threadParents: [String] = [],
+        threadParent: Snowflake? = nil,
         authorID: Snowflake? = nil,
         authorFlags: AuthorFlags = [],
         authorRoles: [Snowflake] = [],
@@ -99,6 +103,7 @@ public struct ChainEvent: Sendable, Hashable {
         self.messageID = messageID
         self.messageIDs = messageIDs
         self.threadParents = threadParents
+        self.threadParent = threadParent
         self.authorID = authorID
         self.authorFlags = authorFlags
         self.authorRoles = authorRoles
@@ -127,6 +132,7 @@ public struct ChainEvent: Sendable, Hashable {
         if let messageID { fields.append(("id", Array(messageID.utf8))) }
         if !self.messageIDs.isEmpty { fields.append(("ids", Array(self.messageIDs.joined(separator: ",").utf8))) }
         if !self.threadParents.isEmpty { fields.append(("parents", Array(self.threadParents.joined(separator: ",").utf8))) }
+        if let threadParent { fields.append(("parent", Array(threadParent.rawValue.utf8))) }
         if let authorID { fields.append(("author", Array(authorID.rawValue.utf8))) }
         if !self.authorFlags.isEmpty { fields.append(("aflags", Array(String(self.authorFlags.rawValue).utf8))) }
         if !self.authorRoles.isEmpty { fields.append(("roles", Array(self.authorRoles.map(\.rawValue).joined(separator: ",").utf8))) }
@@ -166,6 +172,7 @@ public struct ChainEvent: Sendable, Hashable {
         self.messageID = text("id")
         self.messageIDs = text("ids").map { $0.split(separator: ",").map(String.init) } ?? []
         self.threadParents = text("parents").map { $0.split(separator: ",").map(String.init) } ?? []
+        self.threadParent = try snowflake("parent")
         self.authorID = try snowflake("author")
         self.authorFlags = AuthorFlags(rawValue: text("aflags").flatMap { Int($0) } ?? 0)
         self.authorRoles = text("roles").map { $0.split(separator: ",").compactMap { Snowflake($0) } } ?? []

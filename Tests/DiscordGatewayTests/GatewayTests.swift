@@ -251,6 +251,26 @@ extension GatewayIntegrationTests {
             #expect(try await harness.log.backlog(group: "g", partitions: 0..<GatewayHarness.partitions) == 0)
         }
 
+        @Test("messages in a thread the connection announced carry the thread's channel")
+        func threadParentOnMessages() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let gateway = harness.gateway(fake)
+            try await fake.waitForShards(0..<1)
+            let guild = GatewayHarness.guild(onShard: 0, of: 1)
+            try fake.dispatch(shard: 0, event: "THREAD_CREATE", json: #"{"id":"70","type":11,"guild_id":"\#(guild)","parent_id":"7"}"#)
+            try fake.dispatch(shard: 0, event: "MESSAGE_CREATE",
+                              json: FakeDiscord.messageJSON(id: 101, channel: 70, guild: guild, author: 9, content: "in the thread"))
+            try fake.dispatch(shard: 0, event: "MESSAGE_CREATE",
+                              json: FakeDiscord.messageJSON(id: 102, channel: 71, guild: guild, author: 9, content: "elsewhere"))
+            let events = try await harness.waitForEntries(3)
+            let byID = Dictionary(uniqueKeysWithValues: events.compactMap { event in event.messageID.map { ($0, event) } })
+            #expect(byID["101"]?.threadParent == Snowflake("7"))
+            #expect(byID["102"] != nil && byID["102"]?.threadParent == nil)
+            #expect(await gateway.stop() == nil)
+            await fake.stop()
+        }
+
         @Test("a stored session for another shard count is discarded")
         func reshardDiscardsSessions() async throws {
             let harness = try await GatewayHarness()

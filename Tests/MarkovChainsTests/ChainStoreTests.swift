@@ -243,6 +243,30 @@ struct ChainStoreTests {
         try await harness.redis.send(RedisCommand("DEL", .string(stream)))
     }
 
+    @Test("a message whose event names its thread's channel is learnt even before the thread's own event is applied")
+    func threadParentInTheEvent() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        let (channel, thread, unknown) = (Snowflake("555")!, Snowflake("556")!, Snowflake("557")!)
+        try await harness.store.setListening(true, channel: channel, guild: guild)
+        func message(_ id: String, in place: Snowflake, parent: Snowflake?) -> ChainEvent {
+            ChainEvent(kind: .create, source: .gateway, guildID: guild, channelID: place, messageID: id, threadParent: parent,
+                       authorID: Snowflake("8"), content: "zebras in a thread \(id)")
+        }
+        // No thread record in Redis: only the event's own parent can tell where the thread is.
+        try await harness.train([
+            message("t1", in: thread, parent: channel),
+            message("t2", in: unknown, parent: nil),
+        ])
+        #expect(try await harness.store.totals(guild: guild)["messages", default: 0] == 1, "t1 learnt, t2 not")
+        let recorded = try await harness.redis.send(RedisCommand("HGET", .string(ChainKeys(guild: guild).threads), .string(thread.rawValue)))
+        #expect(recorded.string == channel.rawValue, "the thread's channel is recorded for later messages")
+        let round = try ChainEvent(fields: Dictionary(uniqueKeysWithValues: message("t3", in: thread, parent: channel).fields))
+        #expect(round.threadParent == channel, "the parent survives the stream")
+        try await harness.store.deleteGuild(guild)
+    }
+
     @Test("gateway messages are learnt only in channels enabled for learning; a removed guild loses everything")
     func listenChannelsAndGuildRemoval() async throws {
         let harness = try ChainHarness()
