@@ -77,7 +77,7 @@ final class EventPump: Sendable {
         while true {
             enum Outcome { case queued(CheckedContinuation<Void, Never>?), full }
             let outcome = self.state.withLock { state -> Outcome in
-                guard state.items.count < self.maxBacklog || state.draining || state.finished else { return .full }
+                guard self.hasRoom(state) else { return .full }
                 state.items.append(Item(shard: shard, event: event, checkpoint: checkpoint))
                 defer { state.waiter = nil }
                 return .queued(state.waiter)
@@ -95,13 +95,18 @@ final class EventPump: Sendable {
             }
             await withCheckedContinuation { continuation in
                 let resumeNow = self.state.withLock { state -> Bool in
-                    if state.items.count < self.maxBacklog || state.draining || state.finished { return true }
+                    if self.hasRoom(state) { return true }
                     state.blocked.append(continuation)
                     return false
                 }
                 if resumeNow { continuation.resume() }
             }
         }
+    }
+
+    /// Whether a submission may be queued now: below the backlog, or shutting down.
+    private func hasRoom(_ state: State) -> Bool {
+        state.items.count < self.maxBacklog || state.draining || state.finished
     }
 
     /// Shutting down: submitters stop waiting for room, so the shards can stop.

@@ -139,7 +139,7 @@ final class ShardRunner: Sendable {
                 if parents.count > Self.maxKnownThreads { parents.removeAll() }
                 for (thread, parent) in zip(event.messageIDs, event.threadParents) { parents[thread] = parent }
             }
-        case .create, .update:
+        case .create:
             if let channel = event.channelID, let parent = self.threadParents.withLock({ $0[channel.rawValue] }) {
                 event.threadParent = Snowflake(parent)
             }

@@ -158,8 +158,9 @@ end
 -- moment, '{g}:p:<state>' list of increments since (one element per unit), '{g}:n:<state>' decrements since.
 -- The bucket field of a big state holds its header instead of successors: '#' and five u32 LE (blob total, blob
 -- columns, pending increments, pending decrements, live successors), so one HGET tells the sampler everything
--- it needs and one struct.unpack reads it (markov_state shows it decoded). Sampling draws from blob ∪ list in proportion to T and P and accepts
--- token t with probability count[t] / (count[t] + decrements[t]): exactly count[t] / Σcount, at all times.
+-- it needs and one struct.unpack reads it (markov_state shows it decoded). Sampling draws from blob ∪ list in
+-- proportion to T and P and accepts token t with probability count[t] / (count[t] + decrements[t]): exactly
+-- count[t] / Σcount, at all times.
 
 local function big_keys(P, state)
     return P .. ':s:' .. state, P .. ':a:' .. state, P .. ':p:' .. state, P .. ':n:' .. state
@@ -585,7 +586,8 @@ local function sample_state(P, L, p, state)
     local T, n, pending, neg, _, legacy = parse_header(v)
     local total = T + pending - neg
     if total <= 0 then return nil end
-    if legacy or linear_scan then return scan_counts(P .. ':s:' .. state, total) end -- legacy: until its next rebuild
+    local sk = P .. ':s:' .. state
+    if legacy or linear_scan then return scan_counts(sk, total) end -- legacy: until its next rebuild
     local ak, tokens_at = P .. ':a:' .. state, 8 + 20 * n
     for _ = 1, 64 do
         local tok
@@ -599,15 +601,15 @@ local function sample_state(P, L, p, state)
             tok = redis.call('LINDEX', P .. ':p:' .. state, r - T)
         end
         if neg == 0 then
-            if debug_counts then return tok, tonumber(redis.call('HGET', P .. ':s:' .. state, tok) or '0'), total end
+            if debug_counts then return tok, tonumber(redis.call('HGET', sk, tok) or '0'), total end
             return tok, 0, total
         end
-        local count = tonumber(redis.call('HGET', P .. ':s:' .. state, tok) or '0')
+        local count = tonumber(redis.call('HGET', sk, tok) or '0')
         local minus = tonumber(redis.call('HGET', P .. ':n:' .. state, tok) or '0')
         if minus == 0 or rand_below(count + minus) < count then return tok, count, total end
     end
     -- Extremely unlikely (each try accepts with probability >= 3/4): fall back to a linear scan.
-    return scan_counts(P .. ':s:' .. state, total)
+    return scan_counts(sk, total)
 end
 
 local function utf16_length(s)

@@ -254,10 +254,9 @@ public struct ChainStore: Sendable {
         try await self.redis.send(RedisCommand("SREM", .string(ChainKeys(guild: guild).optOut), .string(user.rawValue)))
     }
 
-    /// Deletes every key of the guild; returns how many keys went.
+    /// Deletes every key of the guild and returns how many went; with `keepingOptOuts` (the guild's own
+    /// `/delete-data`, not the bot's removal) the users who opted out stay out.
     @discardableResult
-    /// Deletes every key of the guild; with `keepingOptOuts` (the guild's own `/delete-data`, not the bot's removal)
-    /// the users who opted out stay out.
     public func deleteGuild(_ guild: Snowflake, keepingOptOuts: Bool = false) async throws(RedisError) -> Int {
         try await self.call("markov_delete_guild", guild: guild, keepingOptOuts ? ["keep-optouts"] : []).int ?? 0
     }

@@ -141,6 +141,7 @@ public struct EventLog: Sendable {
         return total
     }
 
+    /// A flat `name value name value …` reply as a dictionary.
     private static func fields(_ flat: [RedisReply]) -> [String: RedisReply] {
         var fields: [String: RedisReply] = [:]
         for index in stride(from: 0, to: flat.count - 1, by: 2) { fields[flat[index].string ?? ""] = flat[index + 1] }
@@ -190,9 +191,7 @@ public struct EventLog: Sendable {
         guard !groups.isEmpty else { return 0 }
         var keep: StreamID?
         for group in groups {
-            var info: [String: RedisReply] = [:]
-            let flat = group.array ?? []
-            for index in stride(from: 0, to: flat.count - 1, by: 2) { info[flat[index].string ?? ""] = flat[index + 1] }
+            let info = Self.fields(group.array ?? [])
             guard let name = info["name"]?.string, let lastDelivered = info["last-delivered-id"]?.string.flatMap(StreamID.init)
             else { continue }
             var oldest = lastDelivered.next
