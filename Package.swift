@@ -70,7 +70,7 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            resources: [.copy("ChainLibrary.lua")]
+            resources: [.copy("ChainLibrary.lua"), .copy("LeaseLibrary.lua")]
         ),
 
         // MARK: Discord: the protocol (pure), REST over libcurl, the gateway runtime, and a fake Discord for tests
@@ -243,7 +243,8 @@ let package = Package(
                 "Redis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
+            ],
+            resources: [.copy("Fixtures/ChainLibraryV1.lua")]
         ),
         .testTarget(
             name: "RedisTests",

@@ -176,7 +176,7 @@ final class EventPump: Sendable {
         var giveUpAt: ContinuousClock.Instant?
         var attempt = 0
         while !pending.isEmpty {
-            let results = await self.log.redis.pipeline(pending.map(self.log.appendCommand))
+            let results = await self.log.redis.pipeline(pending.map { self.log.appendCommand($0) })
             // Everything from the first failure on goes again, successes after it included: an append that
             // failed must never land after a later event of the same message (a create after its edit would
             // bring back the old text). The repeats are duplicates, which consumers take once.

@@ -172,7 +172,7 @@ public final class BackfillRunner: Sendable {
                 // one (not after `/delete-data` or the bot's removal deleted it).
                 let origin = "backfill:\(job.started)"
                 let events = page.map { $0.chainEvent(kind: .create, source: .importer, guild: guild, origin: origin) }
-                if !events.isEmpty { try await self.log.append(events) }
+                if !events.isEmpty { try await self.log.append(events, lane: .bulk) }
                 guard try await self.store.advance(
                     guild: guild, owner: owner, item: item, cursor: page.last?.id.rawValue, newest: page.first?.id.rawValue,
                     count: page.count, finished: page.count < pageSize

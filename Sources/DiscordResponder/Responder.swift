@@ -81,7 +81,9 @@ public final class Responder: Service, Sendable {
         self.unaskedSettings = UnaskedSettingsCache(settings: self.settings, timeToLive: configuration.settingsCacheTTL)
         var backfills = BackfillStore(redis: log.redis)
         backfills.leaseTTL = configuration.backfillLease
-        self.commands = SettingsCommands(store: store, settings: self.settings, backfills: backfills, owners: configuration.owners)
+        self.commands = SettingsCommands(
+            store: store, chains: ChainCommands(log: log), settings: self.settings, backfills: backfills, owners: configuration.owners
+        )
         var backfillConfiguration = BackfillRunner.Configuration(owner: configuration.consumer)
         backfillConfiguration.maxJobs = configuration.backfills
         backfillConfiguration.progressInterval = configuration.backfillProgressInterval
@@ -119,10 +121,12 @@ public final class Responder: Service, Sendable {
     /// before each read. Entries whose handling failed (Redis or the network) stay pending and are claimed again
     /// after `claimAfter`; a graceful shutdown stops reading and lets the entries in hand finish.
     private func runPartition(_ partition: Int) async {
-        let clock = ContinuousClock()
-        var lastClaim = clock.now
-        var lastLag = clock.now - .seconds(5)
-        var failures = 0
+        var configuration = PartitionConsumer.Configuration(group: self.configuration.group, consumer: self.configuration.consumer)
+        configuration.batchSize = self.configuration.batchSize
+        configuration.block = self.configuration.block
+        configuration.claimAfter = self.configuration.claimAfter
+        configuration.claimEvery = self.configuration.claimAfter
+        var consumer = PartitionConsumer(log: self.log, partition: partition, configuration: configuration)
         let hand = EntriesInHand()
         await withDiscardingTaskGroup { group in
             while !Task.isShuttingDownGracefully && !Task.isCancelled {
@@ -132,7 +136,7 @@ public final class Responder: Service, Sendable {
                         return ids
                     }
                     do throws(RedisError) {
-                        try await self.log.acknowledge(partition: partition, group: self.configuration.group, ids: finished)
+                        try await consumer.acknowledge(finished, lane: .live)
                     } catch {
                         hand.done.withLock { $0 += finished }
                         throw error
@@ -141,31 +145,13 @@ public final class Responder: Service, Sendable {
                         try? await Task.sleep(for: .milliseconds(10))
                         continue
                     }
-                    var entries: [EventLog.Entry] = []
-                    if clock.now - lastLag >= .seconds(5) {
-                        lastLag = clock.now
-                        let lag = try await self.log.backlog(group: self.configuration.group, partitions: [partition])
-                        Gauge(label: "markov_stream_lag", dimensions: [("partition", "\(partition)"), ("group", self.configuration.group)])
-                            .record(lag)
-                    }
-                    if clock.now - lastClaim >= self.configuration.claimAfter {
-                        lastClaim = clock.now
-                        entries = try await self.log.claimStale(
-                            partition: partition, group: self.configuration.group, consumer: self.configuration.consumer,
-                            minIdle: self.configuration.claimAfter, count: self.configuration.batchSize
-                        )
-                    }
-                    if entries.isEmpty {
-                        // While entries are in hand, wait less for new ones, so their acknowledgements go out soon.
-                        let busy = hand.inFlight.withLock { !$0.isEmpty }
-                        entries = try await self.log.read(
-                            partition: partition, group: self.configuration.group, consumer: self.configuration.consumer,
-                            count: self.configuration.batchSize, block: busy ? .milliseconds(100) : self.configuration.block
-                        )
-                    }
-                    failures = 0
-                    for entry in entries {
-                        // A claimed entry still in hand here (a reply waiting longer than `claimAfter`) is not started twice.
+                    // While entries are in hand, wait less for new ones, so their acknowledgements go out soon.
+                    let busy = hand.inFlight.withLock { !$0.isEmpty }
+                    let batches = try await consumer.next(block: busy ? .milliseconds(100) : nil)
+                    consumer.succeeded()
+                    for entry in batches.flatMap(\.entries) {
+                        // An entry still in hand (a reply waiting longer than `claimAfter`, claimed or re-read) is
+                        // not started twice.
                         guard hand.inFlight.withLock({ $0.insert(entry.id).inserted }) else { continue }
                         group.addTask {
                             let finished = await self.handle(entry)
@@ -175,15 +161,14 @@ public final class Responder: Service, Sendable {
                     }
                 } catch {
                     if error.code == .cancelled || Task.isCancelled { return }
-                    failures += 1
                     self.logger.warning("responder read failed; retrying", metadata: ["partition": "\(partition)", "error": "\(error)"])
-                    try? await Task.sleep(for: .milliseconds(min(5_000, 100 << min(failures, 6))))
+                    if !(await consumer.failed()) { return }
                 }
             }
         }
         // The entries in hand finished: acknowledge them.
         let finished = hand.done.withLock { $0 }
-        try? await self.log.acknowledge(partition: partition, group: self.configuration.group, ids: finished)
+        try? await consumer.acknowledge(finished, lane: .live)
     }
 
     /// Answers one entry if it asks for an answer; true when the entry is done with (answered, nothing to
@@ -196,7 +181,7 @@ public final class Responder: Service, Sendable {
             return await self.handleMessage(event)
         case .interaction:
             return await self.handleInteraction(event)
-        case .update, .delete, .deleteBulk, .guildRemoved, .threads:
+        case .update, .delete, .deleteBulk, .guildRemoved, .threads, .forgetUser, .deleteData, .migrate:
             return true
         }
     }

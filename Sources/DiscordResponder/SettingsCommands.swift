@@ -7,9 +7,15 @@ import Redis
 /// Manage Guild or Manage Channels in the invoking member's permissions, or the user among the owners.
 struct SettingsCommands: Sendable {
     let store: ChainStore
+    /// Changes to the chain go through the guild's partition owner.
+    let chains: ChainCommands
     let settings: ResponseSettings
     let backfills: BackfillStore
     let owners: Set<String>
+
+    /// How long a command waits for the trainers before answering that it will finish on its own (an interaction's
+    /// token lasts 15 minutes).
+    var commandTimeout: Duration = .seconds(60)
 
     /// ADMINISTRATOR (1 << 3), MANAGE_CHANNELS (1 << 4), MANAGE_GUILD (1 << 5).
     static let adminPermissions: UInt64 = (1 << 3) | (1 << 4) | (1 << 5)
@@ -21,7 +27,7 @@ struct SettingsCommands: Sendable {
     }
 
     /// The reply to a command (shown only to the invoking user).
-    func run(_ command: Trigger.SlashCommand, interaction: Interaction, guild: Snowflake) async throws(RedisError) -> String {
+    func run(_ command: Trigger.SlashCommand, interaction: Interaction, guild: Snowflake) async throws -> String {
         if command.needsAdmin, !self.isAdmin(interaction) {
             return "Only members with Administrator, Manage Server or Manage Channels can do that."
         }
@@ -74,8 +80,12 @@ struct SettingsCommands: Sendable {
             return "I'll answer \(percent)% of messages unasked \(id.map { "in \(mention($0.rawValue))" } ?? "in this server")."
         case .forgetMe:
             guard let user = interaction.member?.user?.id ?? interaction.user?.id else { return "I cannot tell who you are." }
-            let forgotten = try await self.store.forgetUser(user, guild: guild)
-            return "Forgot \(forgotten) of your messages; I won't learn from you again. `/remember-me` lets me learn your new messages."
+            do {
+                let forgotten = try await self.chains.forgetUser(user, guild: guild, timeout: self.commandTimeout)
+                return "Forgot \(forgotten) of your messages; I won't learn from you again. `/remember-me` lets me learn your new messages."
+            } catch is ChainCommands.Timeout {
+                return "I won't learn from you again, and I'm forgetting your messages: it takes a while here, and it will finish on its own."
+            }
         case .rememberMe:
             guard let user = interaction.member?.user?.id ?? interaction.user?.id else { return "I cannot tell who you are." }
             try await self.store.rememberUser(user, guild: guild)
@@ -93,8 +103,12 @@ struct SettingsCommands: Sendable {
             }
         case .deleteData:
             try await self.backfills.cancel(guild: guild)
-            let keys = try await self.store.deleteGuild(guild, keepingOptOuts: true)
-            return "Deleted this server's model (\(keys) keys). I start learning from scratch."
+            do {
+                let keys = try await self.chains.deleteGuild(guild, keepingOptOuts: true, timeout: self.commandTimeout)
+                return "Deleted this server's model (\(keys) keys). I start learning from scratch."
+            } catch is ChainCommands.Timeout {
+                return "This server's model is being deleted: it takes a while here, and it will finish on its own."
+            }
         }
     }
 }

@@ -1,8 +1,9 @@
 import MarkovCore
 import Redis
 
-/// One guild's chain in Redis, behind the `markov` Functions: applying messages, generating sentences,
-/// inspecting states, forgetting users and deleting guilds.
+/// Reading guilds' chains in Redis, behind the `markov` Functions: generating sentences, inspecting states and
+/// totals, and the settings that decide what is learnt. Changes to a chain go through its partition's owner
+/// (``Trainer``, ``ChainCommands``).
 public struct ChainStore: Sendable {
     /// The Redis client all calls go through.
     public let redis: RedisClient
@@ -19,88 +20,7 @@ public struct ChainStore: Sendable {
     /// Loads the Functions on every master (only where the version differs).
     public func prepare() async throws(RedisError) {
         try await self.redis.load(ChainLibrary.library)
-    }
-
-    // MARK: Applying
-
-    /// One change to a guild's messages, as the trainer sends it.
-    public enum Operation: Sendable, Hashable {
-        /// Learn a message unless its id is known, its channel is not enabled (unless `force`), or its author
-        /// opted out; keep its `image` URL (for replies with an image) as long as the message is learnt. A message
-        /// read by a history backfill carries the backfill's start (`backfill`): it is learnt only while the guild's
-        /// backfill is that one (not after the guild's data was deleted).
-        case create(
-            id: String, author: String, channel: String, force: Bool, message: LearnedMessage, image: String? = nil,
-            backfill: String? = nil
-        )
-        /// Replace what a known message contributed; empty tokens forget it.
-        case update(id: String, message: LearnedMessage)
-        /// Forget a message and remember it as deleted.
-        case delete(id: String)
-        /// Remember a thread's channel: messages in the thread are learnt when the channel is.
-        case thread(id: String, channel: String)
-    }
-
-    /// What an ``apply(_:guild:)`` call did.
-    public struct ApplyResult: Sendable, Hashable {
-        public var created = 0
-        public var updated = 0
-        public var deleted = 0
-        public var skipped = 0
-        /// Alias tables of big states rebuilt by the call.
-        public var rebuilds = 0
-        public init() {}
-    }
-
-    /// The command that applies `operations` to `guild` atomically (for pipelining several guilds).
-    public func applyCommand(_ operations: [Operation], guild: Snowflake) -> RedisCommand {
-        RedisCommand(
-            "FCALL",
-            ["markov_apply", 1, .string(ChainKeys(guild: guild).meta)] + self.applyArguments(operations)
-        )
-    }
-
-    /// The arguments of `markov_apply` after its key.
-    private func applyArguments(_ operations: [Operation]) -> [RedisArgument] {
-        var arguments: [RedisArgument] = [.integer(self.stateSize)]
-        arguments.reserveCapacity(4 + operations.count * 9)
-        for operation in operations {
-            switch operation {
-            case .create(let id, let author, let channel, let force, let message, let image, let backfill):
-                let forced: RedisArgument = force ? (backfill.map { .string("b" + $0) } ?? "1") : "0"
-                arguments += ["c", .string(id), .string(author), .string(channel), forced,
-                              .string(message.tokens), .string(message.stateHashes), .string(message.contentHash),
-                              .string(image ?? "")]
-            case .update(let id, let message):
-                arguments += ["u", .string(id), "", "", "0", .string(message.tokens), .string(message.stateHashes),
-                              .string(message.contentHash), ""]
-            case .delete(let id):
-                arguments += ["d", .string(id), "", "", "0", "", "", "", ""]
-            case .thread(let id, let channel):
-                arguments += ["t", .string(id), "", .string(channel), "0", "", "", "", ""]
-            }
-        }
-        return arguments
-    }
-
-    /// Reads the reply of an ``applyCommand(_:guild:)``.
-    public static func applyResult(_ reply: RedisReply) throws(RedisError) -> ApplyResult {
-        guard let values = reply.array?.compactMap(\.int), values.count >= 4 else {
-            throw RedisError(.protocolError, "markov_apply answered \(reply)")
-        }
-        var result = ApplyResult()
-        result.created = values[0]
-        result.updated = values[1]
-        result.deleted = values[2]
-        result.skipped = values[3]
-        result.rebuilds = values.count > 4 ? values[4] : 0
-        return result
-    }
-
-    /// Applies operations to one guild in one atomic call.
-    @discardableResult
-    public func apply(_ operations: [Operation], guild: Snowflake) async throws(RedisError) -> ApplyResult {
-        try Self.applyResult(try await self.call("markov_apply", guild: guild, self.applyArguments(operations)))
+        try await self.redis.load(ChainLibrary.leases)
     }
 
     // MARK: Generating
@@ -197,7 +117,9 @@ public struct ChainStore: Sendable {
 
     /// The state made of `tokens` (`stateSize` of them; `""` stands for the start).
     public func state(_ tokens: [String], guild: Snowflake) async throws(RedisError) -> StateTable {
-        let reply = try await self.call("markov_state", guild: guild, [.string(tokens.joined(separator: " "))], readOnly: true)
+        let reply = try await self.call(
+            "markov_state", guild: guild, [.integer(self.stateSize), .string(tokens.joined(separator: " "))], readOnly: true
+        )
         guard let parts = reply.array, parts.count == 4 else {
             throw RedisError(.protocolError, "markov_state answered \(reply)")
         }
@@ -224,41 +146,16 @@ public struct ChainStore: Sendable {
         let flat = reply.array ?? []
         var totals: [String: Int] = [:]
         for index in stride(from: 0, to: flat.count - 1, by: 2) {
-            totals[flat[index].string ?? ""] = flat[index + 1].int ?? 0
+            if let value = flat[index + 1].int ?? flat[index + 1].string.flatMap({ Int($0) }) { totals[flat[index].string ?? ""] = value }
         }
         return totals
     }
 
-    // MARK: Removing
-
-    /// Opts a user out and forgets all their messages, a page at a time; returns how many were forgotten.
-    public func forgetUser(_ user: Snowflake, guild: Snowflake, pageSize: Int = 1000) async throws(RedisError) -> Int {
-        var cursor = "0"
-        var forgotten = 0
-        repeat {
-            let reply = try await self.call(
-                "markov_forget_user", guild: guild,
-                [.integer(self.stateSize), .string(user.rawValue), .string(cursor), .integer(pageSize)]
-            )
-            guard let parts = reply.array, parts.count == 2, let next = parts[0].string else {
-                throw RedisError(.protocolError, "markov_forget_user answered \(reply)")
-            }
-            cursor = next
-            forgotten += parts[1].int ?? 0
-        } while cursor != "0"
-        return forgotten
-    }
+    // MARK: Opt-outs
 
     /// Lets a user's new messages be learnt again (their forgotten messages stay forgotten).
     public func rememberUser(_ user: Snowflake, guild: Snowflake) async throws(RedisError) {
         try await self.redis.send(RedisCommand("SREM", .string(ChainKeys(guild: guild).optOut), .string(user.rawValue)))
-    }
-
-    /// Deletes every key of the guild and returns how many went; with `keepingOptOuts` (the guild's own
-    /// `/delete-data`, not the bot's removal) the users who opted out stay out.
-    @discardableResult
-    public func deleteGuild(_ guild: Snowflake, keepingOptOuts: Bool = false) async throws(RedisError) -> Int {
-        try await self.call("markov_delete_guild", guild: guild, keepingOptOuts ? ["keep-optouts"] : []).int ?? 0
     }
 
     // MARK: Settings

@@ -4,10 +4,14 @@ import Redis
 
 /// The event log: Redis streams partitioned by guild, read by consumer groups (`trainers`, `responders`).
 ///
-/// Writers append with ``append(_:)``; readers use ``read(partition:group:consumer:count:block:)``,
-/// ``acknowledge(partition:group:ids:)`` and ``claimStale(partition:group:consumer:minIdle:count:)``; poison entries
-/// go to ``deadLetter(partition:group:entry:reason:)``; ``trim(partition:)`` drops only entries every group has
-/// consumed.
+/// Each partition has two lanes in one cluster slot: `events:{N}` (live: the gateway, the console, commands) and
+/// `bulk:{N}` (imports and `/train` backfills), which only the trainers read, after the live lane, so a big import
+/// never delays live learning or the responders (docs/event-log.md).
+///
+/// Writers append with ``append(_:lane:)``; readers use ``read(partition:group:consumer:count:block:lanes:)``,
+/// ``acknowledge(partition:group:ids:lane:)`` and ``claim(partition:group:consumer:minIdle:count:lane:)``, or
+/// a ``PartitionConsumer`` that does all of it; poison entries go to ``deadLetter(partition:group:entry:reason:lane:)``;
+/// ``trim(partition:)`` drops only entries every group has consumed.
 public struct EventLog: Sendable {
     /// One stream entry.
     public struct Entry: Sendable {
@@ -15,6 +19,22 @@ public struct EventLog: Sendable {
         public var id: String
         /// The fields as bytes.
         public var fields: [String: [UInt8]]
+
+        public init(id: String, fields: [String: [UInt8]]) {
+            self.id = id
+            self.fields = fields
+        }
+    }
+
+    /// The two streams of a partition.
+    public enum Lane: String, Sendable, Hashable, CaseIterable {
+        /// `events:{N}`: everything but bulk work; read by trainers and responders.
+        case live
+        /// `bulk:{N}`: imports and history backfills; read by trainers only, after the live lane.
+        case bulk
+
+        /// The meta field of a guild that holds the last entry of this lane applied to it.
+        var appliedField: String { self == .live ? "applied" : "applied_bulk" }
     }
 
     public let redis: RedisClient
@@ -27,8 +47,8 @@ public struct EventLog: Sendable {
     }
 
     /// The command that appends one event to its guild's partition.
-    public func appendCommand(_ event: ChainEvent) -> RedisCommand {
-        var arguments: [RedisArgument] = [.string(self.keys.stream(for: event.guildID)), "*"]
+    public func appendCommand(_ event: ChainEvent, lane: Lane = .live) -> RedisCommand {
+        var arguments: [RedisArgument] = [.string(self.keys.stream(for: event.guildID, lane: lane)), "*"]
         for (name, value) in event.fields {
             arguments.append(.string(name))
             arguments.append(.bytes(value))
@@ -38,63 +58,94 @@ public struct EventLog: Sendable {
 
     /// Appends events in one pipeline; returns the entry ids, in order. Fails if any append failed.
     @discardableResult
-    public func append(_ events: [ChainEvent]) async throws(RedisError) -> [String] {
+    public func append(_ events: [ChainEvent], lane: Lane = .live) async throws(RedisError) -> [String] {
         var ids: [String] = []
         ids.reserveCapacity(events.count)
-        for result in await self.redis.pipeline(events.map(self.appendCommand)) {
+        for result in await self.redis.pipeline(events.map { self.appendCommand($0, lane: lane) }) {
             ids.append(try result.get().string ?? "")
         }
         return ids
     }
 
-    /// Creates the consumer group on every partition (from the start of each stream), if missing.
-    public func ensureGroup(_ group: String) async throws(RedisError) {
-        let commands = (0..<self.keys.partitions).map { partition in
-            RedisCommand("XGROUP", "CREATE", .string(self.keys.stream(partition)), .string(group), "0", "MKSTREAM")
+    /// Creates the consumer group on every partition of the lanes (from the start of each stream), if missing.
+    public func ensureGroup(_ group: String, lanes: [Lane] = [.live]) async throws(RedisError) {
+        let commands = lanes.flatMap { lane in
+            (0..<self.keys.partitions).map { partition in
+                RedisCommand("XGROUP", "CREATE", .string(self.keys.stream(partition, lane: lane)), .string(group), "0", "MKSTREAM")
+            }
         }
         for result in await self.redis.pipeline(commands) {
             if case .failure(let error) = result, error.serverErrorPrefix != "BUSYGROUP" { throw error }
         }
     }
 
-    /// Reads new entries for `consumer`, waiting up to `block` for some.
+    /// Reads new entries of the lanes for `consumer`, at most `count` of each, waiting up to `block` for some
+    /// (zero: no wait).
     public func read(
-        partition: Int, group: String, consumer: String, count: Int, block: Duration
-    ) async throws(RedisError) -> [Entry] {
-        let milliseconds = Int(block.components.seconds * 1000 + block.components.attoseconds / 1_000_000_000_000_000)
-        let reply = try await self.redis.blocking(
-            RedisCommand(
-                "XREADGROUP",
-                ["GROUP", .string(group), .string(consumer), "COUNT", .integer(count), "BLOCK",
-                 .integer(milliseconds), "STREAMS", .string(self.keys.stream(partition)), ">"]
-            ),
-            block: block
-        )
-        guard let streams = reply.array, let stream = streams.first?.array, stream.count == 2 else { return [] }
-        return Self.entries(stream[1])
+        partition: Int, group: String, consumer: String, count: Int, block: Duration, lanes: [Lane] = [.live]
+    ) async throws(RedisError) -> [(lane: Lane, entries: [Entry])] {
+        var arguments: [RedisArgument] = ["GROUP", .string(group), .string(consumer), "COUNT", .integer(count)]
+        if block > .zero { arguments += ["BLOCK", .integer(Self.milliseconds(block))] }
+        arguments.append("STREAMS")
+        for lane in lanes { arguments.append(.string(self.keys.stream(partition, lane: lane))) }
+        for _ in lanes { arguments.append(">") }
+        let command = RedisCommand("XREADGROUP", arguments)
+        let reply = block > .zero ? try await self.redis.blocking(command, block: block) : try await self.redis.send(command)
+        return Self.streams(reply, lanes: lanes, keys: self.keys, partition: partition)
     }
 
-    /// Claims entries other consumers have held for longer than `minIdle` (they died or hung).
-    public func claimStale(
-        partition: Int, group: String, consumer: String, minIdle: Duration, count: Int
+    /// Reads `consumer`'s own pending entries of a lane (delivered to it, not acknowledged), oldest first, from
+    /// after `after`.
+    public func ownPending(
+        partition: Int, group: String, consumer: String, count: Int, lane: Lane, after: String = "0"
     ) async throws(RedisError) -> [Entry] {
+        let reply = try await self.redis.send(
+            RedisCommand("XREADGROUP", ["GROUP", .string(group), .string(consumer), "COUNT", .integer(count), "STREAMS",
+                                        .string(self.keys.stream(partition, lane: lane)), .string(after)])
+        )
+        return Self.entries(reply.array?.first?.array?[1] ?? .null)
+    }
+
+    /// The entries of an `XREADGROUP` reply, per lane.
+    static func streams(_ reply: RedisReply, lanes: [Lane], keys: EventLogKeys, partition: Int) -> [(lane: Lane, entries: [Entry])] {
+        var result: [(lane: Lane, entries: [Entry])] = []
+        for stream in reply.array ?? [] {
+            guard let pair = stream.array, pair.count == 2, let name = pair[0].string,
+                  let lane = lanes.first(where: { keys.stream(partition, lane: $0) == name })
+            else { continue }
+            result.append((lane, Self.entries(pair[1])))
+        }
+        return result
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int {
+        Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    /// Claims entries of a lane that other consumers have held for at least `minIdle` (they died, hung, or lost
+    /// the partition), oldest first, from `start`; returns them and where the next claim starts (`0-0` when the
+    /// whole pending list was scanned).
+    public func claim(
+        partition: Int, group: String, consumer: String, minIdle: Duration, count: Int, lane: Lane = .live,
+        start: String = "0-0"
+    ) async throws(RedisError) -> (entries: [Entry], next: String) {
         let reply = try await self.redis.send(
             RedisCommand(
                 "XAUTOCLAIM",
-                [.string(self.keys.stream(partition)), .string(group), .string(consumer),
-                 .integer(Int(minIdle.components.seconds * 1000)), "0-0", "COUNT", .integer(count)]
+                [.string(self.keys.stream(partition, lane: lane)), .string(group), .string(consumer),
+                 .integer(Self.milliseconds(minIdle)), .string(start), "COUNT", .integer(count)]
             )
         )
-        guard let parts = reply.array, parts.count >= 2 else { return [] }
-        return Self.entries(parts[1])
+        guard let parts = reply.array, parts.count >= 2 else { return ([], "0-0") }
+        return (Self.entries(parts[1]), parts[0].string ?? "0-0")
     }
 
     /// How often each entry has been delivered (for poison detection).
-    public func deliveryCounts(partition: Int, group: String, ids: [String]) async throws(RedisError) -> [String: Int] {
+    public func deliveryCounts(partition: Int, group: String, ids: [String], lane: Lane = .live) async throws(RedisError) -> [String: Int] {
         var counts: [String: Int] = [:]
         for id in ids {
             let reply = try await self.redis.send(
-                RedisCommand("XPENDING", [.string(self.keys.stream(partition)), .string(group), .string(id), .string(id), 1])
+                RedisCommand("XPENDING", [.string(self.keys.stream(partition, lane: lane)), .string(group), .string(id), .string(id), 1])
             )
             if let row = reply.array?.first?.array, row.count == 4, let deliveries = row[3].int {
                 counts[id] = deliveries
@@ -111,10 +162,11 @@ public struct EventLog: Sendable {
     /// of 263,552 for a group whose last delivered entry was the stream's last). So a group that has been given
     /// the stream's last entry has no lag, whatever Redis says, and otherwise its lag is at most the stream's
     /// length (unknown: the length).
-    public func backlog(group: String, partitions: some Sequence<Int>) async throws(RedisError) -> Int {
+    public func backlog(group: String, partitions: some Sequence<Int>, lanes: [Lane] = [.live]) async throws(RedisError) -> Int {
         var total = 0
         for partition in partitions {
-            let stream = self.keys.stream(partition)
+          for lane in lanes {
+            let stream = self.keys.stream(partition, lane: lane)
             let replies = await self.redis.pipeline([
                 RedisCommand("XINFO", "GROUPS", .string(stream)),
                 RedisCommand("XINFO", "STREAM", .string(stream)),
@@ -137,6 +189,7 @@ public struct EventLog: Sendable {
                 }
                 total += lag + pending
             }
+          }
         }
         return total
     }
@@ -148,35 +201,37 @@ public struct EventLog: Sendable {
         return fields
     }
 
-    /// Acknowledges entries.
-    public func acknowledge(partition: Int, group: String, ids: [String]) async throws(RedisError) {
+    /// Acknowledges entries of a lane.
+    public func acknowledge(partition: Int, group: String, ids: [String], lane: Lane = .live) async throws(RedisError) {
         guard !ids.isEmpty else { return }
         try await self.redis.send(
-            RedisCommand("XACK", [.string(self.keys.stream(partition)), .string(group)] + ids.map { .string($0) })
+            RedisCommand("XACK", [.string(self.keys.stream(partition, lane: lane)), .string(group)] + ids.map { .string($0) })
         )
     }
 
     /// Moves a poison entry to the partition's dead-letter stream with the reason, then acknowledges it.
-    public func deadLetter(partition: Int, group: String, entry: Entry, reason: String) async throws(RedisError) {
+    public func deadLetter(partition: Int, group: String, entry: Entry, reason: String, lane: Lane = .live) async throws(RedisError) {
         var arguments: [RedisArgument] = [
             .string(self.keys.deadLetters(partition)), "*", "reason", .string(reason), "entry", .string(entry.id),
-            "group", .string(group),
+            "group", .string(group), "lane", .string(lane.rawValue),
         ]
         for (name, value) in entry.fields.sorted(by: { $0.key < $1.key }) {
             arguments += [.string("f." + name), .bytes(value)]
         }
         let results = await self.redis.pipeline([
             RedisCommand("XADD", arguments),
-            RedisCommand("XACK", .string(self.keys.stream(partition)), .string(group), .string(entry.id)),
+            RedisCommand("XACK", .string(self.keys.stream(partition, lane: lane)), .string(group), .string(entry.id)),
         ])
         for result in results { _ = try result.get() }
     }
 
-    /// Trims a partition up to the oldest entry some group has not consumed (delivered and acknowledged);
-    /// returns how many entries went. Does nothing when the stream has no group.
+    /// Trims both lanes of a partition up to the oldest entry some group has not consumed (delivered and
+    /// acknowledged); returns how many entries went. Does nothing to a stream without a group.
     @discardableResult
     public func trim(partition: Int) async throws(RedisError) -> Int {
-        try await Self.trim(stream: self.keys.stream(partition), redis: self.redis)
+        var trimmed = 0
+        for lane in Lane.allCases { trimmed += try await Self.trim(stream: self.keys.stream(partition, lane: lane), redis: self.redis) }
+        return trimmed
     }
 
     /// Trims one stream up to the oldest entry some group has not consumed.
@@ -221,7 +276,7 @@ public struct EventLog: Sendable {
 }
 
 /// A stream entry id, `ms-seq`, ordered as Redis orders them.
-struct StreamID: Comparable, CustomStringConvertible {
+struct StreamID: Comparable, Hashable, Sendable, CustomStringConvertible {
     var milliseconds: UInt64
     var sequence: UInt64
 

@@ -23,6 +23,13 @@ public struct ChainEvent: Sendable, Hashable {
         /// ``ChainEvent/messageIDs`` and their channels in ``ChainEvent/threadParents``, so that messages in a thread
         /// are learnt when its channel is.
         case threads
+        /// Forget every message of a user (``ChainEvent/authorID``) and keep them out (`markov forget-user`,
+        /// `/forget-me`); the partition owner applies it in order with the messages.
+        case forgetUser = "forget_user"
+        /// Delete the guild's chain and settings but keep its opt-outs (`/delete-data`).
+        case deleteData = "delete_data"
+        /// Upgrade the guild's data to the current layout (`markov migrate`).
+        case migrate
     }
 
     /// Where the event came from.
@@ -75,6 +82,9 @@ public struct ChainEvent: Sendable, Hashable {
     /// The gateway shard and sequence number the event arrived with, `"shard:seq"` (diagnostics: a replay after a
     /// resume shows up as the same value twice).
     public var origin: String?
+    /// For commands (forget-user, delete-data, guild removal, migrate): where the owner reports the outcome, a list
+    /// `{g:<guild>}:reply:<reply>` someone waits on (letters, digits, `-` and `_`, at most 64).
+    public var reply: String?
 
     /// Makes an event.
     public init(
@@ -94,7 +104,8 @@ public struct ChainEvent: Sendable, Hashable {
         attachments: [String] = [],
         timestamp: Int64 = 0,
         payload: [UInt8]? = nil,
-        origin: String? = nil
+        origin: String? = nil,
+        reply: String? = nil
     ) {
         self.kind = kind
         self.source = source
@@ -113,6 +124,13 @@ public struct ChainEvent: Sendable, Hashable {
         self.timestamp = timestamp
         self.payload = payload
         self.origin = origin
+        self.reply = reply
+    }
+
+    /// Whether a reply token is safe in a key name.
+    public static func isValidReply(_ token: String) -> Bool {
+        (1...64).contains(token.utf8.count)
+            && token.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x2D || $0 == 0x5F }
     }
 
     /// Whether an attachment URL names an image (by its file extension; Discord's CDN keeps the file name).
@@ -142,6 +160,7 @@ public struct ChainEvent: Sendable, Hashable {
         if self.timestamp != 0 { fields.append(("ts", Array(String(self.timestamp).utf8))) }
         if let payload { fields.append(("payload", payload)) }
         if let origin { fields.append(("origin", Array(origin.utf8))) }
+        if let reply { fields.append(("reply", Array(reply.utf8))) }
         return fields
     }
 
@@ -182,6 +201,8 @@ public struct ChainEvent: Sendable, Hashable {
         self.timestamp = text("ts").flatMap { Int64($0) } ?? 0
         self.payload = fields["payload"]
         self.origin = text("origin")
+        self.reply = text("reply")
+        if let reply = self.reply, !Self.isValidReply(reply) { throw DecodingError(description: "malformed reply field") }
         switch kind {
         case .create, .update, .delete:
             guard let id = self.messageID, !id.isEmpty, id.utf8.count <= 64 else {
@@ -189,8 +210,10 @@ public struct ChainEvent: Sendable, Hashable {
             }
         case .deleteBulk:
             guard !self.messageIDs.isEmpty else { throw DecodingError(description: "delete_bulk without ids") }
-        case .guildRemoved:
+        case .guildRemoved, .deleteData, .migrate:
             break
+        case .forgetUser:
+            guard self.authorID != nil else { throw DecodingError(description: "forget_user without an author") }
         case .threads:
             guard !self.messageIDs.isEmpty, self.messageIDs.count == self.threadParents.count,
                   (self.messageIDs + self.threadParents).allSatisfy({ Snowflake($0) != nil })

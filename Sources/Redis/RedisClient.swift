@@ -132,6 +132,62 @@ public final class RedisClient: Sendable {
         return await self.clusterPipeline(commands, timeout: timeout)
     }
 
+    /// Runs `commands` as one `MULTI`/`EXEC` transaction on a connection of its own: first `WATCH`es `watch` and
+    /// sends `read`, whose replies `decide` sees and may refuse by throwing (nothing is then run); a watched key
+    /// changing before `EXEC` aborts the transaction with ``RedisError/Code/transactionAborted``. Returns the
+    /// replies of `commands` (each may be an error reply). In a cluster every key must be in the slot of
+    /// `watch[0]`; a redirect refreshes the slot map and fails the transaction (the caller may run it again).
+    public func transaction(
+        watch: [RedisArgument], read: [RedisCommand], decide: ([RedisReply]) throws(RedisError) -> Void,
+        commands: [RedisCommand], timeout: Duration? = nil
+    ) async throws(RedisError) -> [RedisReply] {
+        precondition(!watch.isEmpty, "a transaction watches at least one key")
+        let slot = watch[0].withBytes { HashSlot.slot(forKey: $0) }
+        let pool: RedisNodePool
+        if let standalone = self.standalonePool {
+            pool = standalone
+        } else {
+            pool = self.pool(for: try await self.endpoint(for: slot))
+        }
+        let timeout = timeout ?? self.configuration.commandTimeout
+        do throws(RedisError) {
+            return try await pool.withDedicatedConnection { connection throws(RedisError) in
+                let first = try await connection.send([RedisCommand("WATCH", watch)] + read, timeout: timeout)
+                for reply in first {
+                    if case .error(let message) = reply {
+                        if ClusterRedirect(errorReply: message) != .none { self.scheduleTopologyRefresh() }
+                        _ = try? await connection.send([RedisCommand("UNWATCH")], timeout: timeout)
+                        throw RedisError(.server, message)
+                    }
+                }
+                do throws(RedisError) {
+                    try decide(Array(first.dropFirst()))
+                } catch {
+                    _ = try await connection.send([RedisCommand("UNWATCH")], timeout: timeout)
+                    throw error
+                }
+                let replies = try await connection.send([RedisCommand("MULTI")] + commands + [RedisCommand("EXEC")], timeout: timeout)
+                guard let exec = replies.last else { throw RedisError(.protocolError, "EXEC got no reply") }
+                switch exec {
+                case .array(let results):
+                    return results
+                case .null:
+                    throw RedisError(.transactionAborted, "a watched key changed before EXEC")
+                case .error(let message):
+                    // EXECABORT: a command was refused when queued; its own error says why.
+                    let cause = replies.dropFirst().dropLast().first { if case .error = $0 { true } else { false } }
+                    if case .error(let queued)? = cause { throw RedisError(.server, queued) }
+                    throw RedisError(.server, message)
+                default:
+                    throw RedisError(.protocolError, "EXEC answered \(exec)")
+                }
+            }
+        } catch {
+            RedisMetrics.failed(error)
+            throw error
+        }
+    }
+
     /// The masters: the one server, or every master of the cluster's current slot map.
     public func masters() async throws(RedisError) -> [RedisEndpoint] {
         guard self.configuration.isCluster else { return [self.configuration.endpoints[0]] }

@@ -182,3 +182,16 @@ public struct Backoff: Sendable, Hashable {
         return self.delay(attempt: attempt, using: &generator)
     }
 }
+
+extension Backoff {
+    /// Waits the jittered delay of attempt `attempt`; returns `false` at once when the task is cancelled, so a
+    /// retry loop built on it ends instead of spinning.
+    public func wait(attempt: Int) async -> Bool {
+        do {
+            try await Task.sleep(for: self.delay(attempt: attempt))
+            return true
+        } catch {
+            return false
+        }
+    }
+}

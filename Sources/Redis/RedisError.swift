@@ -9,7 +9,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: Hashable, Sendable {
             case connectionFailed, connectionClosed, timeout, protocolError, server, redirectLimit
-            case clusterUnavailable, invalidConfiguration, cancelled
+            case clusterUnavailable, invalidConfiguration, cancelled, transactionAborted
         }
 
         private let base: Base
@@ -33,6 +33,8 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         public static let invalidConfiguration = Code(.invalidConfiguration)
         /// The caller's task was cancelled while waiting on a command.
         public static let cancelled = Code(.cancelled)
+        /// A transaction did not run: a key it watched changed before `EXEC`.
+        public static let transactionAborted = Code(.transactionAborted)
 
         public var description: String {
             switch self.base {
@@ -45,6 +47,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
             case .clusterUnavailable: "cluster unavailable"
             case .invalidConfiguration: "invalid configuration"
             case .cancelled: "cancelled"
+            case .transactionAborted: "transaction aborted"
             }
         }
     }

@@ -92,40 +92,7 @@ struct SamplingTests {
             let critical = Self.critical(degreesOfFreedom: counts.count - 1)
             #expect(chi < critical, "χ² = \(chi) with \(counts.count - 1) degrees of freedom (critical \(critical))")
         }
-        try await harness.store.deleteGuild(guild)
-    }
-
-    @Test("a big state written in the earlier text-header layout is drawn from its counts, then rebuilt by the next apply")
-    func legacyHeader() async throws {
-        let harness = try ChainHarness()
-        defer { harness.redis.shutdown() }
-        let guild = ChainHarness.newGuild()
-        var events: [ChainEvent] = []
-        for index in 0..<10 { events.append(ChainHarness.create(guild, id: "c\(index)", "s0 s1 t\(index)")) }
-        try await harness.train(events)
-        let table = try await harness.store.state(["s0", "s1"], guild: guild)
-        #expect(table.kind == "big")
-        // What an earlier version stored: '*T n tokens_at pending decrements live', over a blob of another layout.
-        try await harness.redis.send(RedisCommand("HSET", [.string(table.bucketKey), "s0 s1", "*10 10 136 0 0 10"]))
-        try await harness.redis.send(RedisCommand("SET", [.string(ChainKeys(guild: guild).prefix + ":a:s0 s1"), "old layout"]))
-        var options = ChainStore.GenerationOptions()
-        options.seedWords = ["s0", "s1"]
-        options.allowCopies = true
-        var drawn = Set<String>()
-        for seed in 0..<200 {
-            options.rngSeed = UInt64(seed)
-            let sentence = try #require(try await harness.store.generate(guild: guild, options: options).sentence)
-            drawn.insert(String(sentence.split(separator: " ").last ?? ""))
-        }
-        #expect(drawn == Set((0..<10).map { "t\($0)" }), "drawn from the counts hash while the header is old")
-        try await harness.train([ChainHarness.create(guild, id: "c10", "s0 s1 t10")])
-        let header = try await harness.redis.send(RedisCommand("HGET", [.string(table.bucketKey), "s0 s1"]))
-        #expect(header.string?.first == "#", "the apply rebuilt the state in the current layout")
-        let rebuilt = Dictionary(uniqueKeysWithValues: try await harness.store.state(["s0", "s1"], guild: guild).sampling)
-        #expect(rebuilt["alias_total"] == "11" && rebuilt["alias_columns"] == "11")
-        options.rngSeed = 7
-        #expect(try await harness.store.generate(guild: guild, options: options).sentence != nil)
-        try await harness.store.deleteGuild(guild)
+        try await harness.delete(guild)
     }
 }
 }

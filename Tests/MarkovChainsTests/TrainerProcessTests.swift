@@ -68,7 +68,7 @@ struct TrainerProcessTests {
         #expect(kills == 4)
         #expect(try await harness.store.totals(guild: guild)["messages"] == texts.count)
         #expect(try await harness.counts(of: model, guild: guild) == model.counts)
-        try await harness.store.deleteGuild(guild)
+        try await harness.delete(guild)
     }
 }
 }

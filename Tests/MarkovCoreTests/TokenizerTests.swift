@@ -90,15 +90,19 @@ struct CoreTests {
                 == "84983e441c3bd26ebaae4aa1f95129e5e54670f1"
         )
         #expect(SHA1.prefix32("abc".utf8) == 0xa999_3e36)
-    }
-
-    @Test("a learnt message carries one state hash per transition")
-    func learnedMessage() {
-        let message = LearnedMessage(tokens: ["a", "b"], stateSize: 2)
-        #expect(message.tokens == "a b")
-        // States: "  " → a, " a" → b, "a b" → end.
-        #expect(message.stateHashes.count == 3 * 8)
-        #expect(message.stateHashes.prefix(8) == SHA1.hex(" ".utf8).prefix(8))
-        #expect(message.contentHash == String(SHA1.hex("a b".utf8).prefix(16)))
+        // Lengths around the block boundaries, where the padding spills into a second block.
+        let vectors: [Int: String] = [
+            55: "a617d006d1ca12671785098a19a87fe58443bde9", 56: "4ad5bb7ae3c4024768d364b77c52128ea3cffebe",
+            63: "fc8a5ab77259625085ead3ec96515b3b8d933fad", 64: "93249d4c2f8903ebf41ac358473148ae6ddd7042",
+            65: "cf2a63cc308225cf07b498d2309a01dd0df52f67", 119: "edd0f1133d0e4ca5f3e98bb7e0295f31d20d2cdb",
+            120: "23a58eee587aa1f50d19a969ab36a3fe3e88c393", 200: "0e43b981f4ae2c16bc6a798920eb9f1490c3d7fc",
+        ]
+        for (length, digest) in vectors {
+            let text = (0..<length).map { Character(Unicode.Scalar(UInt8(97 + $0 % 26))) }
+            #expect(SHA1.hex(String(text).utf8) == digest, "\(length) bytes")
+        }
+        // A state's hash is the first 24 bits, as the Lua reads `tonumber(sha1hex(s):sub(1, 6), 16)`.
+        #expect(SHA1.prefix24(" ".utf8) == 12_081_355)
+        #expect(SHA1.prefixHex16("abc".utf8) == "a9993e364706816a")
     }
 }

@@ -75,6 +75,30 @@ final class RedisNodePool: Sendable {
         return replies[0]
     }
 
+    /// Runs `body` on a connection of its own (for `WATCH`/`MULTI`/`EXEC`, whose state belongs to a connection),
+    /// then keeps the connection for reuse if it is still sound and nothing is left watched on it.
+    func withDedicatedConnection<Result>(
+        _ body: (RedisConnection) async throws(RedisError) -> Result
+    ) async throws(RedisError) -> Result {
+        let connection = try await self.dedicatedConnection()
+        let result: Result
+        do {
+            result = try await body(connection)
+        } catch {
+            connection.close()
+            throw error
+        }
+        let kept = self.state.withLock { state in
+            guard !state.isShutDown, connection.isUsable, state.idleDedicated.count < Self.maxIdleDedicated else {
+                return false
+            }
+            state.idleDedicated.append(connection)
+            return true
+        }
+        if !kept { connection.close() }
+        return result
+    }
+
     /// Closes every connection; later calls fail.
     func shutdown() {
         let (slots, idle) = self.state.withLock { state in

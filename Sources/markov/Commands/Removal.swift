@@ -6,7 +6,8 @@ import Redis
 /// `markov forget-user --guild G --user U`.
 struct ForgetUser: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Remove every message of a user from a guild's chain and keep them out from then on."
+        abstract: "Remove every message of a user from a guild's chain and keep them out from then on.",
+        discussion: "The guild's partition owner does it in order with the guild's messages; without a running trainer, this command applies it itself."
     )
 
     @OptionGroup var options: GlobalOptions
@@ -20,14 +21,18 @@ struct ForgetUser: AsyncParsableCommand {
         let context = try await RoleContext(options: self.options, label: "markov.forget-user")
         defer { context.redis.shutdown() }
         try await context.store.prepare()
-        let forgotten = try await context.store.forgetUser(user, guild: guild)
+        let commands = ChainCommands(log: context.log)
+        let forgotten = try await context.withOwner(of: [guild]) { try await commands.forgetUser(user, guild: guild) }
         print("forgot \(forgotten) messages of user \(user) in guild \(guild); their new messages will not be learnt")
     }
 }
 
 /// `markov delete-guild --guild G`.
 struct DeleteGuild: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Delete all of a guild's data.")
+    static let configuration = CommandConfiguration(
+        abstract: "Delete all of a guild's data.",
+        discussion: "The guild's partition owner does it in order with the guild's messages; without a running trainer, this command applies it itself."
+    )
 
     @OptionGroup var options: GlobalOptions
     @Option(help: "The guild (Discord id).") var guild: String
@@ -38,7 +43,8 @@ struct DeleteGuild: AsyncParsableCommand {
         let context = try await RoleContext(options: self.options, label: "markov.delete-guild")
         defer { context.redis.shutdown() }
         try await context.store.prepare()
-        let removed = try await context.store.deleteGuild(guild)
+        let commands = ChainCommands(log: context.log)
+        let removed = try await context.withOwner(of: [guild]) { try await commands.deleteGuild(guild) }
         print("deleted \(removed) keys of guild \(guild)")
     }
 }

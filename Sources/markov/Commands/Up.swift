@@ -165,17 +165,20 @@ struct ConsoleChannel: Service {
     }
 
     private func importFile(_ file: String) async throws {
-        let (format, events) = try HistoryImporter.events(fromFile: file, guild: self.guild)
-        let meter = ProgressMeter(label: "importing \(file) (\(format.rawValue))", total: events.count)
-        for chunk in stride(from: 0, to: events.count, by: 1000) {
-            try await self.context.log.append(Array(events[chunk..<min(chunk + 1000, events.count)]))
+        let meter = ProgressMeter(label: "importing \(file)", total: 0)
+        let log = self.context.log
+        var appended = 0
+        let summary = try await HistoryImporter.read(file: file, guild: self.guild) { events, _ in
+            try await log.append(events, lane: .bulk)
+            appended += events.count
+            meter.update(0, total: appended, detail: "reading")
         }
-        let partition = self.context.log.keys.partition(of: self.guild)
-        while case let backlog = try await self.context.log.backlog(group: "trainers", partitions: [partition]), backlog > 0 {
-            meter.update(max(0, events.count - backlog))
+        let partition = log.keys.partition(of: self.guild)
+        while case let backlog = try await log.backlog(group: "trainers", partitions: [partition], lanes: EventLog.Lane.allCases), backlog > 0 {
+            meter.update(max(0, appended - backlog), total: appended, detail: summary.format.rawValue)
             try await Task.sleep(for: .milliseconds(100))
         }
-        meter.finish(events.count)
+        meter.finish(appended, total: appended)
     }
 }
 

@@ -2,9 +2,9 @@ import Foundation
 
 /// Progress of long work on standard error: a bar redrawn in place on a terminal, a plain line every few seconds
 /// otherwise (logs, CI), each with a rate and an ETA.
-final class ProgressMeter {
+final class ProgressMeter: @unchecked Sendable {
     private let label: String
-    private let total: Int
+    private var total: Int
     private let unit: String
     private let isTerminal = isatty(STDERR_FILENO) == 1
     private let start = ContinuousClock.now
@@ -15,6 +15,15 @@ final class ProgressMeter {
         self.total = max(total, 0)
         self.unit = unit
     }
+
+    /// Reports `done` of `total` units of work (the total may grow while the work is found), with a note.
+    func update(_ done: Int, total: Int, detail: String = "", force: Bool = false) {
+        self.total = max(total, 0)
+        self.detail = detail
+        self.update(done, force: force)
+    }
+
+    private var detail = ""
 
     /// Reports `done` units of work; redraws at most 10 times a second (every 5 s when not a terminal).
     func update(_ done: Int, force: Bool = false) {
@@ -27,6 +36,7 @@ final class ProgressMeter {
         let remaining = rate > 0 ? Double(self.total - done) / rate : 0
         let fraction = self.total > 0 ? min(1, Double(done) / Double(self.total)) : 1
         let figures = "\(done)/\(self.total) \(self.unit)  \(Int(rate)) \(self.unit)/s  ETA \(Self.clock(remaining))"
+            + (self.detail.isEmpty ? "" : "  (\(self.detail))")
         if self.isTerminal {
             let width = 24
             let filled = Int(fraction * Double(width))
@@ -36,6 +46,13 @@ final class ProgressMeter {
         } else {
             FileHandle.standardError.write(Data("\(self.label): \(Int(fraction * 100))% \(figures)\n".utf8))
         }
+    }
+
+    /// Draws the final state and ends the line.
+    func finish(_ done: Int, total: Int) {
+        self.total = total
+        self.detail = ""
+        self.finish(done)
     }
 
     /// Draws the final state and ends the line.

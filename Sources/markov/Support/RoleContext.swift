@@ -93,3 +93,36 @@ enum LoggingSetup {
         }
     }()
 }
+
+extension RoleContext {
+    /// A trainer for the partitions of `guilds` that takes each partition only while no running trainer owns it:
+    /// what lets `markov train`, `forget-user` and the like work alone as well as beside running trainers.
+    func helperTrainer(for guilds: [Snowflake]) -> MarkovChains.Trainer {
+        var configuration = MarkovChains.Trainer.Configuration(consumer: Self.consumerName(role: "helper"))
+        configuration.partitions = self.configuration.partitions
+        configuration.commandPrefix = self.configuration.commandPrefix
+        configuration.helperPartitions = Set(guilds.map { self.log.keys.partition(of: $0) })
+        configuration.block = .milliseconds(200)
+        configuration.heartbeat = .milliseconds(500)
+        return MarkovChains.Trainer(store: self.store, log: self.log, configuration: configuration, logger: self.logger)
+    }
+
+    /// Runs `body` while a helper trainer (``helperTrainer(for:)``) applies the guilds' partitions if nobody does.
+    func withOwner<Result: Sendable>(of guilds: [Snowflake], _ body: @escaping @Sendable () async throws -> Result) async throws -> Result {
+        let trainer = self.helperTrainer(for: guilds)
+        return try await withThrowingTaskGroup(of: Result?.self) { group in
+            group.addTask {
+                try await trainer.run()
+                return nil
+            }
+            group.addTask { try await body() }
+            while let result = try await group.next() {
+                if let result {
+                    group.cancelAll()
+                    return result
+                }
+            }
+            throw CancellationError()
+        }
+    }
+}

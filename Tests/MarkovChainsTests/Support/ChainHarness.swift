@@ -53,25 +53,54 @@ struct ChainHarness {
         ChainEvent(kind: .create, source: source, guildID: guild, channelID: Snowflake("7"), messageID: id, authorID: Snowflake(author), content: text)
     }
 
-    func trainer(consumer: String = "test-\(UUID().uuidString)") -> Trainer {
+    func trainer(consumer: String = "test-\(UUID().uuidString)", leaseTTL: Duration = .seconds(3)) -> Trainer {
         var configuration = Trainer.Configuration(consumer: consumer)
         configuration.partitions = self.log.keys.partitions
         configuration.block = .milliseconds(100)
         configuration.batchSize = 64
         configuration.claimAfter = .milliseconds(500)
         configuration.claimEvery = .milliseconds(200)
+        configuration.leaseTTL = leaseTTL
+        configuration.heartbeat = .milliseconds(100)
         return Trainer(store: self.store, log: self.log, configuration: configuration, logger: Self.logger)
     }
 
-    /// Appends events, then runs a trainer in this process until every partition has no backlog.
+    /// Appends events (to the live lane, or the bulk lane), then runs a trainer in this process until every
+    /// partition has no backlog.
     @discardableResult
-    func train(_ events: [ChainEvent]) async throws -> Trainer.Statistics {
+    func train(_ events: [ChainEvent], lane: EventLog.Lane = .live) async throws -> Trainer.Statistics {
         try await self.store.prepare()
-        try await self.log.ensureGroup("trainers")
+        try await self.log.ensureGroup("trainers", lanes: EventLog.Lane.allCases)
         for chunk in stride(from: 0, to: events.count, by: 500) {
-            try await self.log.append(Array(events[chunk..<min(chunk + 500, events.count)]))
+            try await self.log.append(Array(events[chunk..<min(chunk + 500, events.count)]), lane: lane)
         }
         return try await self.drain()
+    }
+
+    /// Deletes a guild's data through its partition's owner (a trainer in this process).
+    func delete(_ guild: Snowflake, keepingOptOuts: Bool = false) async throws {
+        try await self.train([ChainEvent(kind: keepingOptOuts ? .deleteData : .guildRemoved, source: .console, guildID: guild)])
+    }
+
+    /// Forgets a user's messages through the guild's partition owner; returns how many.
+    func forget(_ user: Snowflake, guild: Snowflake) async throws -> Int {
+        try await self.store.prepare()
+        let trainer = self.trainer()
+        let commands = ChainCommands(log: self.log)
+        return try await withThrowingTaskGroup(of: Int?.self) { group in
+            group.addTask {
+                try await trainer.run()
+                return nil
+            }
+            group.addTask { try await commands.forgetUser(user, guild: guild, timeout: .seconds(60)) }
+            while let result = try await group.next() {
+                if let result {
+                    group.cancelAll()
+                    return result
+                }
+            }
+            return 0
+        }
     }
 
     /// Runs a trainer until the trainers group has read and acknowledged everything.
@@ -85,9 +114,9 @@ struct ChainHarness {
         return trainer.statistics
     }
 
-    /// Entries not yet read plus entries pending, over all partitions.
+    /// Entries not yet read plus entries pending, over all partitions and both lanes.
     func backlog() async throws -> Int {
-        try await self.log.backlog(group: "trainers", partitions: 0..<self.log.keys.partitions)
+        try await self.log.backlog(group: "trainers", partitions: 0..<self.log.keys.partitions, lanes: EventLog.Lane.allCases)
     }
 
     /// The counts the chain holds for every state of `model`, read back through `markov_state`.
@@ -101,6 +130,16 @@ struct ChainHarness {
             if !row.isEmpty { result[state] = row }
         }
         return result
+    }
+
+    /// Checks that a deleted guild left only its meta, holding fencing fields and expiring.
+    func expectOnlyTombstone(_ guild: Snowflake, _ comment: Comment, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let keys = try await self.keys(matching: "{g:\(guild.rawValue)}*")
+        #expect(keys == ["{g:\(guild.rawValue)}:meta"], comment, sourceLocation: sourceLocation)
+        let meta = try await self.redis.send(RedisCommand("HKEYS", .string(ChainKeys(guild: guild).meta))).array?.compactMap(\.string) ?? []
+        #expect(Set(meta).isSubset(of: ["epoch", "wseq", "layout", "deleted", "applied", "applied_bulk"]), "\(meta)", sourceLocation: sourceLocation)
+        let ttl = try await self.redis.send(RedisCommand("PTTL", .string(ChainKeys(guild: guild).meta))).int ?? -1
+        #expect(ttl > 0, "the tombstone expires", sourceLocation: sourceLocation)
     }
 
     /// Every key in the guild's slot family, to check nothing leaked elsewhere.

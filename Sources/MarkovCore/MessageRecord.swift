@@ -1,0 +1,48 @@
+/// What a guild remembers of one message (`{g:G}:m`, message id → record), so that an edit or a delete removes
+/// exactly what was learnt and a replayed or re-imported message is not learnt twice:
+///
+/// - `author<TAB>tokens`: learnt, with the tokens joined by single spaces;
+/// - `-`: deleted (or its author forgotten): a late create cannot bring it back;
+/// - `~tokens`: edited before its create arrived (a backfill reads old messages after live edits): the create
+///   learns these tokens instead of its own.
+public enum MessageRecord: Sendable, Hashable {
+    case learnt(author: String, tokens: [String])
+    case deleted
+    case editedBeforeCreate(tokens: [String])
+
+    /// Reads a record; `nil` when it is malformed.
+    public init?(_ bytes: [UInt8]) {
+        guard let first = bytes.first else { return nil }
+        if bytes == [UInt8(ascii: "-")] {
+            self = .deleted
+            return
+        }
+        if first == UInt8(ascii: "~") {
+            self = .editedBeforeCreate(tokens: Self.split(bytes.dropFirst()))
+            return
+        }
+        guard let tab = bytes.firstIndex(of: 0x09) else { return nil }
+        let author = String(decoding: bytes[..<tab], as: UTF8.self)
+        guard !author.isEmpty, author.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+        self = .learnt(author: author, tokens: Self.split(bytes[(tab + 1)...]))
+    }
+
+    /// The stored bytes.
+    public var encoded: [UInt8] {
+        switch self {
+        case .learnt(let author, let tokens): Array((author + "\t" + tokens.joined(separator: " ")).utf8)
+        case .deleted: [UInt8(ascii: "-")]
+        case .editedBeforeCreate(let tokens): Array(("~" + tokens.joined(separator: " ")).utf8)
+        }
+    }
+
+    private static func split(_ bytes: some Collection<UInt8>) -> [String] {
+        bytes.split(separator: 0x20).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The content hash of a message's tokens: the first 16 hex digits of SHA-1 of the tokens joined by spaces
+    /// (`{g:G}:h`, so generation can refuse to repeat a message verbatim).
+    public static func contentHash(_ tokens: [String]) -> String {
+        SHA1.prefixHex16(tokens.joined(separator: " ").utf8)
+    }
+}
