@@ -70,8 +70,8 @@ struct PartitionOwner {
                 self.trainer.compactions.withLock { $0[self.partition] = waiting }
                 try await self.trimIfDue()
             } catch {
-                if error.code == .cancelled || Task.isCancelled { break }
                 if error.serverErrorPrefix == "FENCED" { self.handle.lose() }
+                if Task.isCancelled || self.handle.isLost { break }
                 self.logger.warning(
                     "trainer batch failed; retrying",
                     metadata: ["trainer.partition": "\(self.partition)", "error": "\(error)"]

@@ -197,7 +197,10 @@ public final class Trainer: Service, Sendable {
     private func own(_ handle: PartitionHandle) async {
         var owner = PartitionOwner(trainer: self, handle: handle)
         await owner.run()
-        if !handle.isLost {
+        let wasLost = handle.isLost
+        // No write goes out from here on; then the lease is given back for the next owner.
+        handle.lose()
+        if !wasLost {
             try? await self.leases.release(handle.partition, member: self.configuration.consumer, epoch: handle.epoch)
         }
         self.owned.withLock { _ = $0.removeValue(forKey: handle.partition) }
