@@ -1,4 +1,6 @@
+import CoreMetrics
 import MarkovCore
+import Redis
 
 /// A partition owner's knowledge of one guild's chain: every state it has read or written, with the counts, the
 /// sampling tables and what Redis holds for each, so that a batch is merged per state here and Redis receives
@@ -7,6 +9,8 @@ import MarkovCore
 /// The owner is the guild's only writer, so what it wrote stays true until it loses the partition. A chain is
 /// **complete** when every state of the guild is known here (a guild that was empty when first touched): then a
 /// state not known is a new one, and no read is needed before writing. Otherwise states are read on first use.
+/// Past the owner's memory bound, states not used lately are forgotten (``evict(toBytes:)``); a chain that began
+/// empty keeps a Bloom filter of every state it stored, so that it still knows which states are new.
 final class GuildChain {
     let guild: Snowflake
     let keys: ChainKeys
@@ -40,12 +44,25 @@ final class GuildChain {
     private(set) var tokens = TokenTable()
     private(set) var states: [StateKey: StateNode] = [:]
     /// For complete chains: the states stored in each bucket hash (to split buckets without reading them).
-    private var buckets: [Int: [StateKey]] = [:]
-    private var dirty: [StateKey] = []
+    private var buckets: [[(key: StateKey, node: StateNode)]] = []
+    /// Every state this chain stored, for a chain that began complete (absent from it: surely new).
+    private var stored: ScalableBloomFilter?
+    private var dirty: [(key: StateKey, node: StateNode)] = []
     /// Big states whose blob grew or that have increments since it was built: compacted (rebuilt) when idle.
     private var uncompacted: Set<StateKey> = []
+    private var stateBytes = 0
+    /// Message records and thread channels written by batches whose writes may still be in flight, with the
+    /// batch's number: what the next batch reads from Redis may not show them yet.
+    var recentRecords: [String: (record: MessageRecord?, batch: UInt64)] = [:]
+    var recentThreads: [String: (channel: String, batch: UInt64)] = [:]
+
+    /// The writes of batches up to `batch` went through: what they wrote is in Redis now.
+    func settled(through batch: UInt64) {
+        if !self.recentRecords.isEmpty { self.recentRecords = self.recentRecords.filter { $0.value.batch > batch } }
+        if !self.recentThreads.isEmpty { self.recentThreads = self.recentThreads.filter { $0.value.batch > batch } }
+    }
     /// A rough size of this chain in memory, for the owner's memory bound.
-    private(set) var bytes = 0
+    var bytes: Int { self.stateBytes + (self.stored?.bytes ?? 0) + 16 * self.tokens.count }
 
     /// A chain as the guild's meta describes it (the reply of `markov_fence`).
     init(guild: Snowflake, stateSize: Int, meta: [String: String]) {
@@ -63,6 +80,7 @@ final class GuildChain {
         if let live = meta["applied"].flatMap(StreamID.init) { self.applied[.live] = live }
         if let bulk = meta["applied_bulk"].flatMap(StreamID.init) { self.applied[.bulk] = bulk }
         self.isComplete = self.counters.states == 0
+        if self.isComplete { self.stored = ScalableBloomFilter() }
         self.isTombstone = meta["deleted"] != nil
         if self.layout != ChainLayout.version {
             self.legacyShape = self.shape
@@ -93,6 +111,16 @@ final class GuildChain {
 
     /// The text of a state: its tokens joined by single spaces.
     func text(of key: StateKey) -> [UInt8] {
+        if self.stateSize == 2 {
+            let first = self.tokens.utf8(UInt32(truncatingIfNeeded: key.low))
+            let second = self.tokens.utf8(UInt32(truncatingIfNeeded: key.low >> 32))
+            var text: [UInt8] = []
+            text.reserveCapacity(first.count + 1 + second.count)
+            text += first
+            text.append(0x20)
+            text += second
+            return text
+        }
         var text: [UInt8] = []
         for (index, id) in key.ids(size: self.stateSize).enumerated() {
             if index > 0 { text.append(0x20) }
@@ -102,21 +130,156 @@ final class GuildChain {
     }
 
     /// Whether the state is known here (read, written, or known to be absent).
-    func isKnown(_ key: StateKey) -> Bool { self.isComplete || self.states[key] != nil }
+    func isKnown(_ key: StateKey) -> Bool {
+        self.isComplete || self.states[key] != nil || self.stored?.mayContain(key.fingerprint) == false
+    }
 
-    /// Where a state of this text and hash is stored: its bucket hash, or the hash of long states.
-    func location(text: [UInt8], hash: UInt32) -> (suffix: String, bucket: Int?) {
-        if text.count > ChainLayout.listpackLimit { return (ChainKeys.longStatesSuffix, nil) }
-        let bucket = self.shape.bucket(of: hash)
-        return (ChainKeys.bucketSuffix(bucket), bucket)
+    /// Where a state is stored: a bucket hash, or the hash of states whose text passes the listpack limit.
+    enum Location: Hashable, Comparable {
+        case bucket(Int)
+        case long
+
+        /// The key suffix as bytes (`:b:<n>` or `:L`).
+        var suffixBytes: [UInt8] {
+            switch self {
+            case .bucket(let bucket):
+                var bytes: [UInt8] = [0x3A, 0x62, 0x3A]
+                if bucket == 0 { bytes.append(0x30); return bytes }
+                var digits: [UInt8] = []
+                var value = bucket
+                while value > 0 { digits.append(UInt8(0x30 + value % 10)); value /= 10 }
+                return bytes + digits.reversed()
+            case .long:
+                return Array(ChainKeys.longStatesSuffix.utf8)
+            }
+        }
+
+        var suffix: String {
+            switch self {
+            case .bucket(let bucket): ChainKeys.bucketSuffix(bucket)
+            case .long: ChainKeys.longStatesSuffix
+            }
+        }
+
+        var bucket: Int? {
+            if case .bucket(let bucket) = self { return bucket }
+            return nil
+        }
+    }
+
+    /// Where a state of this text and hash is stored.
+    func location(text: [UInt8], hash: UInt32) -> Location {
+        text.count > ChainLayout.listpackLimit ? .long : .bucket(self.shape.bucket(of: hash))
+    }
+
+    /// A value to write in a bucket: a small state's successors (encoded in place, of a known size) or bytes.
+    enum PendingValue {
+        case small(StateNode, size: Int)
+        case bytes([UInt8])
+    }
+
+    /// One field to write or delete in a bucket hash.
+    struct PendingField {
+        var location: Location
+        var field: [UInt8]
+        var value: PendingValue?
+    }
+
+    // MARK: The bucket index of complete chains
+
+    private func bucketMembers(_ bucket: Int) -> [(key: StateKey, node: StateNode)] {
+        bucket < self.buckets.count ? self.buckets[bucket] : []
+    }
+
+    private func setBucketMembers(_ bucket: Int, _ members: [(key: StateKey, node: StateNode)]) {
+        while self.buckets.count <= bucket { self.buckets.append([]) }
+        self.buckets[bucket] = members
+    }
+
+    private func addBucketMember(_ bucket: Int, _ key: StateKey, _ node: StateNode) {
+        while self.buckets.count <= bucket { self.buckets.append([]) }
+        self.buckets[bucket].append((key, node))
+    }
+
+    private func removeBucketMember(_ bucket: Int, _ key: StateKey) {
+        guard bucket < self.buckets.count, let index = self.buckets[bucket].firstIndex(where: { $0.key == key }) else { return }
+        self.buckets[bucket].swapAt(index, self.buckets[bucket].count - 1)
+        self.buckets[bucket].removeLast()
+    }
+
+    // MARK: Memory
+
+    /// Forgets states not used since the last eviction (and never a changed one), until the chain's size falls to
+    /// `target` bytes or nothing more can go. The chain is no longer complete; its Bloom filter, if it has one,
+    /// still tells which states are new.
+    func evict(toBytes target: Int) {
+        guard self.bytes > target else { return }
+        var forgotten: [StateKey] = []
+        var freed = 0
+        let excess = self.bytes - target
+        for (key, node) in self.states where !node.isDirty {
+            if node.isUsed {
+                node.isUsed = false
+                continue
+            }
+            forgotten.append(key)
+            freed += node.bytes
+            if freed >= excess { break }
+        }
+        for key in forgotten {
+            self.states[key] = nil
+            self.uncompacted.remove(key)
+        }
+        self.stateBytes -= freed
+        if !forgotten.isEmpty {
+            self.isComplete = false
+            self.buckets = []
+        }
+    }
+
+    /// The size of a small state's value.
+    private func smallSize(_ node: StateNode) -> Int {
+        var size = 1
+        var total: UInt64 = 0
+        for successor in node.small {
+            size += 4 + self.tokens.length(successor.token) + ChainLayout.count8Size(successor.count)
+            total += UInt64(successor.count)
+        }
+        if node.small.count > 1 { size += total < 255 ? 1 : 5 }
+        return total > UInt64(UInt32.max) || node.small.count > 255 ? Int.max : size
+    }
+
+    /// Writes a small state's value (``ChainLayout``) into `out`, which has exactly its size.
+    private func writeSmall(_ node: StateNode, into out: UnsafeMutableRawBufferPointer) {
+        var at = 0
+        func byte(_ value: UInt8) { out[at] = value; at += 1 }
+        func count8(_ value: UInt32) {
+            if value < 255 { byte(UInt8(value)); return }
+            byte(255)
+            for shift in stride(from: 0, to: 32, by: 8) { byte(UInt8(truncatingIfNeeded: value >> UInt32(shift))) }
+        }
+        byte(UInt8(node.small.count))
+        if node.small.count > 1 { count8(node.small.reduce(0) { $0 + $1.count }) }
+        for successor in node.small {
+            let token = self.tokens.utf8(successor.token)
+            byte(UInt8(truncatingIfNeeded: successor.nextHash))
+            byte(UInt8(truncatingIfNeeded: successor.nextHash >> 8))
+            byte(UInt8(truncatingIfNeeded: successor.nextHash >> 16))
+            byte(UInt8(token.count))
+            token.withUnsafeBytes { out.baseAddress!.advanced(by: at).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            at += token.count
+            count8(successor.count)
+        }
     }
 
     private func node(_ key: StateKey) -> StateNode {
-        if let node = self.states[key] { return node }
-        let text = self.text(of: key)
-        let node = StateNode(text: text, hash: ChainLayout.stateHash(text))
+        if let node = self.states[key] {
+            node.isUsed = true
+            return node
+        }
+        let node = StateNode(hash: ChainLayout.stateHash(self.text(of: key)))
         self.states[key] = node
-        self.bytes += node.estimatedBytes
+        self.stateBytes += StateNode.fixedBytes
         return node
     }
 
@@ -133,9 +296,9 @@ final class GuildChain {
             node.stored = .big
             node.big = BigState(header: header)
         case nil:
-            throw ChainDataError("state \"\(String(decoding: node.text, as: UTF8.self))\" of guild \(self.guild) has a value of no known layout")
+            throw ChainDataError("state \"\(String(decoding: self.text(of: key), as: UTF8.self))\" of guild \(self.guild) has a value of no known layout")
         }
-        self.bytes += 12 * node.small.count
+        self.stateBytes += 12 * node.small.count
     }
 
     /// The keys of loaded big states whose blob and changes are still to be read.
@@ -145,9 +308,10 @@ final class GuildChain {
 
     /// Completes a big state read from Redis with its alias blob and changes since the build.
     func loadBig(_ key: StateKey, blob: [UInt8]?, units: [UInt8]?, changes: [([UInt8], [UInt8])]) throws(ChainDataError) {
-        guard let node = self.states[key], var big = node.big else { return }
+        guard let node = self.states[key], let big = node.big else { return }
+        let name = String(decoding: self.text(of: key), as: UTF8.self)
         guard let blob, let decoded = ChainLayout.AliasBlob.decode(blob) else {
-            throw ChainDataError("big state \"\(String(decoding: node.text, as: UTF8.self))\" of guild \(self.guild) has no readable alias blob")
+            throw ChainDataError("big state \"\(name)\" of guild \(self.guild) has no readable alias blob")
         }
         big.areaLength = decoded.areaLength
         var byOffset: [UInt32: UInt32] = [:]
@@ -160,21 +324,20 @@ final class GuildChain {
             for start in stride(from: 0, to: units.count - 3, by: 4) {
                 let offset = UInt32(units[start]) | UInt32(units[start + 1]) << 8 | UInt32(units[start + 2]) << 16 | UInt32(units[start + 3]) << 24
                 guard let id = byOffset[offset] else {
-                    throw ChainDataError("big state \"\(String(decoding: node.text, as: UTF8.self))\" of guild \(self.guild) has an increment of no token")
+                    throw ChainDataError("big state \"\(name)\" of guild \(self.guild) has an increment of no token")
                 }
                 big.tokens[id]!.inc += 1
             }
         }
         for (field, value) in changes {
             guard let change = ChainLayout.AliasBlob.decodeChange(field: field, value: value), let id = byOffset[change.offset] else {
-                throw ChainDataError("big state \"\(String(decoding: node.text, as: UTF8.self))\" of guild \(self.guild) has a malformed decrement")
+                throw ChainDataError("big state \"\(name)\" of guild \(self.guild) has a malformed decrement")
             }
             big.tokens[id]!.dec = change.decrements
             big.tokens[id]!.hasDecrements = true
         }
         big.isRead = true
-        node.big = big
-        self.bytes += 48 * big.tokens.count
+        self.stateBytes += 48 * big.tokens.count
     }
 
     /// Marks the chain complete: every state of the guild has been read (a full load).
@@ -197,7 +360,7 @@ final class GuildChain {
             let node = nodes[index]
             if !node.isDirty {
                 node.isDirty = true
-                self.dirty.append(keys[index])
+                self.dirty.append((keys[index], node))
             }
             if node.big != nil, delta > 0 { self.uncompacted.insert(keys[index]) }
             self.apply(node, token: token, delta: delta, nextHash: nextHash)
@@ -221,14 +384,12 @@ final class GuildChain {
             node.small.append(SmallSuccessor(token: token, count: UInt32(delta), nextHash: nextHash))
             self.counters.count += Int(delta)
             self.counters.transitions += 1
-            self.bytes += 12
+            self.stateBytes += 12
         }
     }
 
     private func applyBig(_ node: StateNode, token: UInt32, delta: Int32, nextHash: UInt32) {
-        guard var big = node.big else { return }
-        node.big = nil // mutate the state's big part in place, without a copy
-        defer { node.big = big }
+        guard let big = node.big else { return }
         if var entry = big.tokens[token] {
             let before = entry.count
             if delta > 0 {
@@ -265,7 +426,7 @@ final class GuildChain {
             big.changed.insert(token)
             self.counters.count += Int(delta)
             self.counters.transitions += 1
-            self.bytes += 48
+            self.stateBytes += 48
         }
     }
 
@@ -279,8 +440,7 @@ final class GuildChain {
         // States after this flush, to grow the bucket table first: splits move what Redis holds now, then every
         // changed state is written where the grown table puts it.
         var states = self.counters.states
-        for key in dirty {
-            guard let node = self.states[key] else { continue }
+        for (_, node) in dirty {
             let live = node.big.map { $0.header.live > 0 } ?? node.small.contains { $0.count > 0 }
             if node.stored == .none && live { states += 1 }
             if node.stored != .none && !live { states -= 1 }
@@ -289,75 +449,105 @@ final class GuildChain {
             let modulus = 1 << (self.shape.level + 1)
             let (from, into) = self.shape.advance()
             if self.isComplete {
-                var staying: [StateKey] = []
-                var moving: [StateKey] = []
-                for key in self.buckets[from] ?? [] {
-                    guard let node = self.states[key] else { continue }
-                    if self.shape.bucket(of: node.hash) == into { moving.append(key) } else { staying.append(key) }
+                var staying: [(key: StateKey, node: StateNode)] = []
+                var moving: [(key: StateKey, node: StateNode)] = []
+                for member in self.bucketMembers(from) {
+                    if self.shape.bucket(of: member.node.hash) == into { moving.append(member) } else { staying.append(member) }
                 }
-                self.buckets[from] = staying
-                self.buckets[into] = moving
+                self.setBucketMembers(from, staying)
+                self.setBucketMembers(into, moving)
                 // A changed state is written in its new bucket below; an unchanged one moves with its value.
                 var values: [(field: [UInt8], value: [UInt8])] = []
-                for key in moving {
-                    guard let node = self.states[key], !node.isDirty, let value = self.storedValue(node) else { continue }
-                    values.append((node.text, value))
+                var texts: [[UInt8]] = []
+                for member in moving {
+                    let text = self.text(of: member.key)
+                    texts.append(text)
+                    if !member.node.isDirty, let value = self.storedValue(member.node) { values.append((text, value)) }
                 }
-                write.move(
-                    from: ChainKeys.bucketSuffix(from), into: ChainKeys.bucketSuffix(into),
-                    fields: moving.compactMap { self.states[$0]?.text }, values: values
-                )
+                write.move(from: ChainKeys.bucketSuffix(from), into: ChainKeys.bucketSuffix(into), fields: texts, values: values)
             } else {
                 write.split(from: ChainKeys.bucketSuffix(from), into: ChainKeys.bucketSuffix(into), modulus: modulus, target: into)
             }
         }
-        var bucketWrites: [String: [(field: [UInt8], value: [UInt8])]] = [:]
-        var bucketDeletes: [String: [[UInt8]]] = [:]
+        var fields: [PendingField] = []
+        fields.reserveCapacity(dirty.count)
         var bigAdded: [[UInt8]] = []
         var bigRemoved: [[UInt8]] = []
-        for key in dirty {
-            guard let node = self.states[key] else { continue }
+        for (key, node) in dirty {
             node.isDirty = false
-            let (suffix, bucket) = self.location(text: node.text, hash: node.hash)
+            let text = self.text(of: key)
+            let location = self.location(text: text, hash: node.hash)
+            let bucket = location.bucket
             let wasStored = node.stored != .none
             if node.big != nil {
-                self.flushBig(node, suffix: suffix, write: &write, bucketWrites: &bucketWrites, bucketDeletes: &bucketDeletes, removed: &bigRemoved)
+                self.flushBig(node, text: text, location: location, write: &write, fields: &fields, removed: &bigRemoved)
+                if node.big == nil { self.uncompacted.remove(key) }
             } else {
-                node.small.removeAll { $0.count == 0 }
+                if node.small.contains(where: { $0.count == 0 }) { node.small.removeAll { $0.count == 0 } }
+                let size = node.small.isEmpty ? 0 : self.smallSize(node)
                 if node.small.isEmpty {
-                    if wasStored { bucketDeletes[suffix, default: []].append(node.text) }
+                    if wasStored { fields.append(PendingField(location: location, field: text, value: nil)) }
                     node.stored = .none
+                } else if size <= ChainLayout.listpackLimit {
+                    fields.append(PendingField(location: location, field: text, value: .small(node, size: size)))
+                    node.stored = .small
                 } else {
                     let successors = node.small.map {
                         ChainLayout.Successor(token: self.tokens.utf8($0.token), nextHash: $0.nextHash, count: $0.count)
                     }
-                    if let value = ChainLayout.encodeSmall(successors), value.count <= ChainLayout.listpackLimit {
-                        bucketWrites[suffix, default: []].append((node.text, value))
-                        node.stored = .small
-                    } else {
-                        self.promote(node, successors: successors, suffix: suffix, write: &write, bucketWrites: &bucketWrites)
-                        bigAdded.append(node.text)
-                    }
+                    self.promote(node, text: text, successors: successors, location: location, write: &write, fields: &fields)
+                    bigAdded.append(text)
                 }
             }
             let isStored = node.stored != .none
             if isStored && !wasStored {
                 self.counters.states += 1
-                if self.isComplete, let bucket { self.buckets[bucket, default: []].append(key) }
+                self.stored?.insert(key.fingerprint)
+                if self.isComplete, let bucket { self.addBucketMember(bucket, key, node) }
             } else if !isStored && wasStored {
                 self.counters.states -= 1
-                if self.isComplete, let bucket { self.buckets[bucket]?.removeAll { $0 == key } }
+                if self.isComplete, let bucket { self.removeBucketMember(bucket, key) }
             }
             if !isStored && self.isComplete {
                 // A complete chain knows an unknown state is absent: no need to keep it.
-                self.bytes -= node.estimatedBytes
+                self.stateBytes -= node.bytes
                 self.states[key] = nil
             }
         }
         // Splits first (above), then deletions, then values: a state moved by a split is deleted or rewritten in
         // its new bucket.
-        for (suffix, fields) in bucketDeletes { write.hdel(suffix, fields) }
-        for (suffix, pairs) in bucketWrites { write.hset(suffix, pairs) }
+        // One HDEL and one HSET per bucket touched: order the fields by bucket, deletions first.
+        let order = fields.indices.sorted { a, b in
+            let (la, lb) = (fields[a].location, fields[b].location)
+            if la != lb { return la < lb }
+            return (fields[a].value == nil ? 0 : 1, a) < (fields[b].value == nil ? 0 : 1, b)
+        }
+        var start = 0
+        while start < order.count {
+            let location = fields[order[start]].location
+            var end = start
+            while end < order.count && fields[order[end]].location == location { end += 1 }
+            let suffix = location.suffixBytes
+            var firstValue = start
+            while firstValue < end && fields[order[firstValue]].value == nil { firstValue += 1 }
+            if firstValue > start { write.hdel(suffix: suffix, order[start..<firstValue].map { fields[$0].field }) }
+            if end > firstValue {
+                write.hset(suffix: suffix, count: end - firstValue) { builder in
+                    for index in order[firstValue..<end] {
+                        builder.append(fields[index].field)
+                        switch fields[index].value {
+                        case .small(let node, let size)?:
+                            builder.append(length: size) { self.writeSmall(node, into: $0) }
+                        case .bytes(let bytes)?:
+                            builder.append(bytes)
+                        case nil:
+                            break
+                        }
+                    }
+                }
+            }
+            start = end
+        }
         write.sadd(ChainKeys.bigStatesSuffix, bigAdded)
         write.srem(ChainKeys.bigStatesSuffix, bigRemoved)
     }
@@ -375,11 +565,11 @@ final class GuildChain {
     }
 
     private func promote(
-        _ node: StateNode, successors: [ChainLayout.Successor], suffix: String, write: inout ChainWrite,
-        bucketWrites: inout [String: [(field: [UInt8], value: [UInt8])]]
+        _ node: StateNode, text: [UInt8], successors: [ChainLayout.Successor], location: Location, write: inout ChainWrite,
+        fields: inout [PendingField]
     ) {
         let built = ChainLayout.AliasBlob.build(successors)
-        var big = BigState(header: ChainLayout.BigHeader(
+        let big = BigState(header: ChainLayout.BigHeader(
             total: UInt32(successors.reduce(0) { $0 + $1.count }), columns: UInt32(successors.count), pending: 0,
             decrements: 0, live: UInt32(successors.count)
         ))
@@ -388,33 +578,31 @@ final class GuildChain {
         for (index, successor) in node.small.enumerated() {
             big.tokens[successor.token] = BigToken(offset: built.offsets[index], base: successor.count, inc: 0, dec: 0, nextHash: successor.nextHash)
         }
-        let text = node.text
-        write.set(ChainKeys.aliasSuffix(text), built.blob)
+        write.set(":x:", text, built.blob)
         if node.stored == .big {
-            write.unlink([ChainKeys.pendingSuffix(text), ChainKeys.changesSuffix(text)])
+            write.unlink([Array(":u:".utf8) + text, Array(":d:".utf8) + text])
         }
-        bucketWrites[suffix, default: []].append((text, big.header.encoded))
+        fields.append(PendingField(location: location, field: text, value: .bytes(big.header.encoded)))
         self.counters.rebuilds += 1
-        self.bytes += 48 * node.small.count
+        TrainerMetrics.aliasRebuilds.increment()
+        self.stateBytes += 48 * node.small.count
         node.small = []
         node.big = big
         node.stored = .big
     }
 
     private func flushBig(
-        _ node: StateNode, suffix: String, write: inout ChainWrite,
-        bucketWrites: inout [String: [(field: [UInt8], value: [UInt8])]], bucketDeletes: inout [String: [[UInt8]]],
-        removed: inout [[UInt8]]
+        _ node: StateNode, text: [UInt8], location: Location, write: inout ChainWrite,
+        fields: inout [PendingField], removed: inout [[UInt8]]
     ) {
-        guard var big = node.big else { return }
-        let text = node.text
+        guard let big = node.big else { return }
         if big.header.live == 0 {
             if node.stored != .none {
-                write.unlink([ChainKeys.aliasSuffix(text), ChainKeys.pendingSuffix(text), ChainKeys.changesSuffix(text)])
-                bucketDeletes[suffix, default: []].append(text)
+                write.unlink([Array(":x:".utf8) + text, Array(":u:".utf8) + text, Array(":d:".utf8) + text])
+                fields.append(PendingField(location: location, field: text, value: nil))
                 removed.append(text)
             }
-            self.bytes -= 48 * big.tokens.count
+            self.stateBytes -= 48 * big.tokens.count
             node.big = nil
             node.small = []
             node.stored = .none
@@ -430,12 +618,12 @@ final class GuildChain {
             let successors = node.small.map {
                 ChainLayout.Successor(token: self.tokens.utf8($0.token), nextHash: $0.nextHash, count: $0.count)
             }
-            self.bytes -= 48 * big.tokens.count
-            self.promote(node, successors: successors, suffix: suffix, write: &write, bucketWrites: &bucketWrites)
+            self.stateBytes -= 48 * big.tokens.count
+            self.promote(node, text: text, successors: successors, location: location, write: &write, fields: &fields)
             return
         }
-        if !big.newEntries.isEmpty { write.append(ChainKeys.aliasSuffix(text), big.newEntries) }
-        if !big.newUnits.isEmpty { write.append(ChainKeys.pendingSuffix(text), big.newUnits) }
+        if !big.newEntries.isEmpty { write.append(":x:", text, big.newEntries) }
+        if !big.newUnits.isEmpty { write.append(":u:", text, big.newUnits) }
         if !big.changed.isEmpty {
             // Decrements are kept for the tokens that have some (with their weight, for the sampler's acceptance).
             var pairs: [(field: [UInt8], value: [UInt8])] = []
@@ -451,14 +639,13 @@ final class GuildChain {
                     big.tokens[token]!.hasDecrements = false
                 }
             }
-            if !cleared.isEmpty { write.hdel(ChainKeys.changesSuffix(text), cleared) }
-            if !pairs.isEmpty { write.hset(ChainKeys.changesSuffix(text), pairs) }
+            if !cleared.isEmpty { write.hdel(":d:", text, cleared) }
+            if !pairs.isEmpty { write.hset(":d:", text, pairs) }
         }
-        bucketWrites[suffix, default: []].append((text, big.header.encoded))
+        fields.append(PendingField(location: location, field: text, value: .bytes(big.header.encoded)))
         big.newEntries = []
         big.newUnits = []
         big.changed = []
-        node.big = big
         node.stored = .big
     }
 
@@ -475,7 +662,7 @@ final class GuildChain {
             node.rebuildRequested = true
             if !node.isDirty {
                 node.isDirty = true
-                self.dirty.append(key)
+                self.dirty.append((key, node))
             }
             spent += big.tokens.count
             scheduled = true
@@ -512,6 +699,7 @@ struct ChainDataError: Error, CustomStringConvertible {
 struct TokenTable {
     private var texts: [String] = [""]
     private var bytes: [[UInt8]] = [[]]
+    private var lengths: [Int] = [0]
     private var ids: [String: UInt32] = ["": 0]
 
     var count: Int { self.texts.count }
@@ -521,6 +709,7 @@ struct TokenTable {
         let id = UInt32(self.texts.count)
         self.texts.append(token)
         self.bytes.append(Array(token.utf8))
+        self.lengths.append(token.utf8.count)
         self.ids[token] = id
         return id
     }
@@ -529,6 +718,7 @@ struct TokenTable {
 
     func text(_ id: UInt32) -> String { self.texts[Int(id)] }
     func utf8(_ id: UInt32) -> [UInt8] { self.bytes[Int(id)] }
+    func length(_ id: UInt32) -> Int { self.lengths[Int(id)] }
 }
 
 /// A state as its token ids (up to six, 32 bits each): the key of the owner's dictionaries.
@@ -569,6 +759,59 @@ struct StateKey: Hashable, Sendable {
         let words = [self.low, self.middle, self.high]
         return (0..<size).map { UInt32(truncatingIfNeeded: words[$0 / 2] >> (32 * UInt64($0 % 2))) }
     }
+
+    /// A 64-bit mix of the key, for Bloom filters.
+    var fingerprint: UInt64 {
+        var z = self.low &+ 0x9E37_79B9_7F4A_7C15 &* (self.middle &+ 1) ^ (self.high &* 0xC2B2_AE3D_27D4_EB4F)
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A Bloom filter that grows: a list of filters of doubling capacity, each sized for a 1 % false-positive rate;
+/// an item is added to the newest and looked for in all. Answers "surely absent" or "maybe present".
+struct ScalableBloomFilter {
+    private var layers: [(bits: [UInt64], capacity: Int, count: Int)] = []
+
+    init() { self.addLayer(capacity: 1 << 14) }
+
+    private mutating func addLayer(capacity: Int) {
+        // About 9.6 bits per item for 1 %, with 7 probes; a power of two of words.
+        var words = 1
+        while words * 64 < capacity * 10 { words <<= 1 }
+        self.layers.append(([UInt64](repeating: 0, count: words), capacity, 0))
+    }
+
+    private static func probes(_ fingerprint: UInt64, words: Int) -> [(word: Int, bit: UInt64)] {
+        let h1 = fingerprint
+        let h2 = (fingerprint >> 32) | 1
+        let bits = UInt64(words * 64)
+        return (0..<7).map { index in
+            let bit = (h1 &+ UInt64(index) &* h2) % bits
+            return (Int(bit / 64), 1 << (bit % 64))
+        }
+    }
+
+    mutating func insert(_ fingerprint: UInt64) {
+        if self.layers[self.layers.count - 1].count >= self.layers[self.layers.count - 1].capacity {
+            self.addLayer(capacity: self.layers[self.layers.count - 1].capacity * 2)
+        }
+        let last = self.layers.count - 1
+        for probe in Self.probes(fingerprint, words: self.layers[last].bits.count) {
+            self.layers[last].bits[probe.word] |= probe.bit
+        }
+        self.layers[last].count += 1
+    }
+
+    func mayContain(_ fingerprint: UInt64) -> Bool {
+        self.layers.contains { layer in
+            Self.probes(fingerprint, words: layer.bits.count).allSatisfy { layer.bits[$0.word] & $0.bit != 0 }
+        }
+    }
+
+    /// The filter's own memory, in bytes.
+    var bytes: Int { self.layers.reduce(0) { $0 + 8 * $1.bits.count } }
 }
 
 /// One successor of a small state.
@@ -593,7 +836,7 @@ struct BigToken {
 }
 
 /// A big state: its header, its tokens, and what the next flush appends.
-struct BigState {
+final class BigState {
     var header: ChainLayout.BigHeader
     /// The blob and changes have been read (or written) here.
     var isRead = false
@@ -606,24 +849,24 @@ struct BigState {
     init(header: ChainLayout.BigHeader) { self.header = header }
 }
 
-/// One state in the owner's memory.
+/// One state in the owner's memory (its text is made from its key when needed, not kept).
 final class StateNode {
     /// What Redis holds for the state.
-    enum Stored { case none, small, big }
+    enum Stored: UInt8 { case none, small, big }
 
-    let text: [UInt8]
     let hash: UInt32
-    var small: [SmallSuccessor] = []
-    var big: BigState?
     var stored = Stored.none
     var isDirty = false
+    /// Used since the last eviction pass.
+    var isUsed = true
     /// Rebuild the alias blob at the next flush even if the thresholds do not ask for it.
     var rebuildRequested = false
+    var small: [SmallSuccessor] = []
+    var big: BigState?
 
-    init(text: [UInt8], hash: UInt32) {
-        self.text = text
-        self.hash = hash
-    }
+    init(hash: UInt32) { self.hash = hash }
 
-    var estimatedBytes: Int { 112 + self.text.count }
+    /// About what a state costs here: the object, its dictionary entry, its successor array.
+    static let fixedBytes = 120
+    var bytes: Int { Self.fixedBytes + 12 * self.small.count + (self.big.map { 64 + 48 * $0.tokens.count } ?? 0) }
 }

@@ -27,6 +27,7 @@ extension PartitionOwner {
     /// Applies one lane's batch and acknowledges it.
     mutating func process(_ batch: PartitionConsumer.Batch) async throws(RedisError) {
         let lane = batch.lane
+        self.batchNumber += 1
         var acknowledged: [String] = []
         var perGuild: [Snowflake: [Item]] = [:]
         var order: [Snowflake] = []
@@ -49,6 +50,11 @@ extension PartitionOwner {
             if perGuild[event.guildID] == nil { order.append(event.guildID) }
             perGuild[event.guildID, default: []].append(Item(entry: entry, event: event, id: id))
         }
+        // Commands run their steps one after another: whatever is in flight goes through first.
+        let hasCommands = perGuild.values.contains { $0.contains(where: \.isCommand) }
+        if hasCommands || order.contains(where: { !self.fenced.contains($0) }) { try await self.settleInFlight() }
+        self.deferring = !hasCommands
+        defer { self.deferring = false }
         try await self.fence(order)
         // Entries a previous owner (or this one, before a failure) applied already are acknowledged as they are.
         var queues: [Snowflake: ArraySlice<Item>] = [:]
@@ -97,7 +103,14 @@ extension PartitionOwner {
             }
             if runs.isEmpty && !ranCommand { break }
         }
-        try await self.consumer.acknowledge(acknowledged, lane: lane)
+        if self.deferring {
+            // The writes leave now; the next batch is prepared while they are in flight.
+            try await self.settleInFlight()
+            self.inFlight = try self.dispatch(self.deferred, lane: lane, acknowledging: [(lane, acknowledged)])
+            self.deferred = []
+        } else {
+            try await self.consumer.acknowledge(acknowledged, lane: lane)
+        }
         self.enforceMemoryBound()
         self.record(statistics)
     }
@@ -284,8 +297,11 @@ extension PartitionOwner {
         var plan = Plan()
         var records: [String: MessageRecord?] = [:]
         var threads = context.threads
+        // What batches in flight wrote is not in what was read.
+        for (thread, written) in chain.recentThreads { threads[thread] = written.channel }
         func record(_ id: String) -> MessageRecord?? {
             if let known = records[id] { return .some(known) }
+            if let written = chain.recentRecords[id] { return .some(written.record) }
             guard let bytes = context.records[id] else { return .some(nil) }
             guard let decoded = MessageRecord(bytes) else { return nil }
             return .some(decoded)
@@ -474,7 +490,11 @@ extension PartitionOwner {
             statistics.deleted += plan.deleted
             statistics.skipped += plan.skipped
         }
-        try await self.send(calls, lane: lane)
+        if self.deferring {
+            self.deferred += calls
+        } else {
+            try await self.send(calls, lane: lane)
+        }
         return runs.flatMap { $0.items.map(\.entry.id) }
     }
 
@@ -530,12 +550,14 @@ extension PartitionOwner {
                     chain.counters.messages -= 1
                 case .record(let id, let record):
                     records[id] = .some(record)
+                    chain.recentRecords[id] = (record, self.batchNumber)
                 case .image(let id, let url):
                     images[id] = .some(url)
                 case .contentHash(let hash, let delta):
                     hashes[hash, default: 0] += delta
                 case .thread(let id, let channel):
                     threads.append((id, channel))
+                    chain.recentThreads[id] = (channel, self.batchNumber)
                 }
             }
             if transitions >= self.configuration.transitionsPerCall || (index == plan.items.count - 1) {
@@ -546,11 +568,27 @@ extension PartitionOwner {
         return calls
     }
 
-    /// Sends the write calls, each guild's in order (a call whose predecessor failed would be refused by its write
-    /// sequence, so a guild stops at its first failure), guilds side by side. A refused or failed guild is
-    /// forgotten here and its entries are applied again from what Redis recorded.
+    /// Sends the write calls and waits for them (see ``dispatch(_:lane:)``).
     mutating func send(_ calls: [WriteCall], lane: EventLog.Lane) async throws(RedisError) {
-        guard !calls.isEmpty else { return }
+        guard let dispatched = try self.dispatch(calls, lane: lane, acknowledging: []) else { return }
+        try await self.settle(dispatched)
+    }
+
+    /// Writes that left and the entries to acknowledge once they went through.
+    struct Dispatched {
+        let task: Task<[Snowflake: RedisError], Never>
+        let batch: UInt64
+        let acknowledgements: [(lane: EventLog.Lane, ids: [String])]
+    }
+
+    /// Starts the write calls, each guild's in order (a call whose predecessor failed would be refused by its write
+    /// sequence, so a guild stops at its first failure), guilds side by side, up to eight at once on connections of
+    /// their own. The chains take the calls' effects at once (write sequence, applied marks), so the next batch can
+    /// be prepared while these are in flight; ``settle(_:)`` forgets every chain if any call failed.
+    mutating func dispatch(
+        _ calls: [WriteCall], lane: EventLog.Lane, acknowledging acknowledgements: [(lane: EventLog.Lane, ids: [String])]
+    ) throws(RedisError) -> Dispatched? {
+        guard !calls.isEmpty || !acknowledgements.isEmpty else { return nil }
         guard self.handle.isWritable else { throw RedisError(.cancelled, "the partition's lease may have expired") }
         var order: [Snowflake] = []
         var perGuild: [Snowflake: [WriteCall]] = [:]
@@ -561,57 +599,64 @@ extension PartitionOwner {
         var jobs: [(guild: Snowflake, wseq: Int, writes: [ChainWrite])] = []
         for guild in order {
             guard let chain = self.chains[guild] else { continue }
-            jobs.append((guild, chain.wseq, perGuild[guild]!.map(\.write)))
+            let guildCalls = perGuild[guild]!
+            jobs.append((guild, chain.wseq, guildCalls.map(\.write)))
+            chain.wseq += guildCalls.count
+            for call in guildCalls { if let last = call.last { chain.applied[lane] = last } }
         }
+        TrainerMetrics.writeCalls.increment(by: calls.count)
         let writer = ChainWriter(redis: self.redis, handle: self.handle)
         let epoch = self.handle.epoch
         let timeout = self.configuration.applyTimeout
         let handle = self.handle
-        // Up to eight guilds at once, each on a connection of its own.
-        var outcomes: [Snowflake: (done: Int, wseq: Int, error: RedisError?)] = [:]
-        await withTaskGroup(of: (Snowflake, Int, Int, RedisError?).self) { group in
-            var next = 0
-            func start() {
-                guard next < jobs.count else { return }
-                let job = jobs[next]
-                next += 1
-                group.addTask {
-                    var wseq = job.wseq
-                    var done = 0
-                    for write in job.writes {
-                        guard handle.isWritable else {
-                            return (job.guild, done, wseq, RedisError(.cancelled, "the partition's lease may have expired"))
+        let task = Task { () -> [Snowflake: RedisError] in
+            var failures: [Snowflake: RedisError] = [:]
+            await withTaskGroup(of: (Snowflake, RedisError?).self) { group in
+                var next = 0
+                func start() {
+                    guard next < jobs.count else { return }
+                    let job = jobs[next]
+                    next += 1
+                    group.addTask {
+                        var wseq = job.wseq
+                        for write in job.writes {
+                            guard handle.isWritable else {
+                                return (job.guild, RedisError(.cancelled, "the partition's lease may have expired"))
+                            }
+                            do throws(RedisError) {
+                                wseq = try await writer.commit(write, epoch: epoch, wseq: wseq, timeout: timeout)
+                            } catch {
+                                return (job.guild, error)
+                            }
                         }
-                        do throws(RedisError) {
-                            wseq = try await writer.commit(write, epoch: epoch, wseq: wseq, timeout: timeout)
-                            done += 1
-                        } catch {
-                            return (job.guild, done, wseq, error)
-                        }
+                        return (job.guild, nil)
                     }
-                    return (job.guild, done, wseq, nil)
+                }
+                for _ in 0..<8 { start() }
+                for await (guild, error) in group {
+                    if let error { failures[guild] = error }
+                    start()
                 }
             }
-            for _ in 0..<8 { start() }
-            for await (guild, done, wseq, error) in group {
-                outcomes[guild] = (done, wseq, error)
-                start()
-            }
+            return failures
         }
-        TrainerMetrics.writeCalls.increment(by: calls.count)
-        var failure: RedisError?
-        for guild in order {
-            guard let outcome = outcomes[guild], let chain = self.chains[guild] else { continue }
-            let applied = perGuild[guild]!.prefix(outcome.done)
-            chain.wseq = outcome.wseq
-            for call in applied { if let last = call.last { chain.applied[lane] = last } }
-            if let error = outcome.error {
-                if error.serverErrorPrefix == "FENCED" { self.noteFenced(error) }
-                self.drop(guild)
-                failure = failure ?? error
-            }
+        return Dispatched(task: task, batch: self.batchNumber, acknowledgements: acknowledgements)
+    }
+
+    /// Waits for dispatched writes; acknowledges their entries when every call went through. After a failure,
+    /// every chain is forgotten (the batches prepared meanwhile assumed success) and the entries are applied
+    /// again from what Redis recorded.
+    mutating func settle(_ dispatched: Dispatched) async throws(RedisError) {
+        let failures = await dispatched.task.value
+        if let (_, error) = failures.first {
+            for (_, error) in failures where error.serverErrorPrefix == "FENCED" { self.noteFenced(error) }
+            self.dropAll()
+            throw error
         }
-        if let failure { throw failure }
+        for chain in self.chains.values { chain.settled(through: dispatched.batch) }
+        for (lane, ids) in dispatched.acknowledgements where !ids.isEmpty {
+            try await self.consumer.acknowledge(ids, lane: lane)
+        }
     }
 
     /// Reads the states the chains do not know, for the messages about to be learnt or forgotten.
@@ -624,7 +669,7 @@ extension PartitionOwner {
             for tokens in messages {
                 for key in chain.path(tokens).keys where !chain.isKnown(key) && seen.insert(key).inserted {
                     let text = chain.text(of: key)
-                    let (suffix, _) = chain.location(text: text, hash: ChainLayout.stateHash(text))
+                    let suffix = chain.location(text: text, hash: ChainLayout.stateHash(text)).suffix
                     wanted[suffix, default: []].append((key, text))
                 }
             }
@@ -669,3 +714,4 @@ extension PartitionOwner {
         }
     }
 }
+

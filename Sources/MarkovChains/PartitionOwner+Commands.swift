@@ -226,7 +226,7 @@ extension PartitionOwner {
                     bucketWrites[suffix, default: []].append((field, value))
                 } else {
                     let built = ChainLayout.AliasBlob.build(encoded)
-                    write.set(ChainKeys.aliasSuffix(field), built.blob)
+                    write.set(":x:", field, built.blob)
                     let header = ChainLayout.BigHeader(
                         total: UInt32(encoded.reduce(0) { $0 + $1.count }), columns: UInt32(encoded.count), pending: 0,
                         decrements: 0, live: UInt32(encoded.count)

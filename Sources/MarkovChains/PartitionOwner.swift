@@ -20,6 +20,13 @@ struct PartitionOwner {
     var fenced: Set<Snowflake> = []
     var cacheBytes = 0
     var lastTrim: ContinuousClock.Instant
+    /// Batches prepared so far (their number tags what their writes changed).
+    var batchNumber: UInt64 = 0
+    /// While a batch of messages is prepared, its writes are kept here instead of sent.
+    var deferring = false
+    var deferred: [WriteCall] = []
+    /// The writes of the last batch, still in flight.
+    var inFlight: Dispatched?
 
     var configuration: Trainer.Configuration { self.trainer.configuration }
     var log: EventLog { self.trainer.log }
@@ -65,11 +72,19 @@ struct PartitionOwner {
                     guard !self.handle.isLost else { break }
                     try await self.process(batch)
                 }
+                // Under load (full batches) the writes stay in flight while the next read comes; otherwise they are
+                // waited for, so that acknowledgements do not wait for the next entries.
+                if !batches.contains(where: { $0.entries.count >= self.configuration.batchSize }) { try await self.settleInFlight() }
                 self.consumer.succeeded()
                 let waiting = self.chains.values.filter(\.needsCompaction).count
                 self.trainer.compactions.withLock { $0[self.partition] = waiting }
                 try await self.trimIfDue()
             } catch {
+                if let inFlight = self.inFlight {
+                    self.inFlight = nil
+                    _ = await inFlight.task.value
+                }
+                self.deferred = []
                 if error.serverErrorPrefix == "FENCED" { self.handle.lose() }
                 if Task.isCancelled || self.handle.isLost { break }
                 self.logger.warning(
@@ -80,6 +95,7 @@ struct PartitionOwner {
                 if !(await self.consumer.failed()) { break }
             }
         }
+        if !self.handle.isLost { try? await self.settleInFlight() }
         self.trainer.compactions.withLock { _ = $0.removeValue(forKey: self.partition) }
         self.dropAll()
     }
@@ -89,8 +105,16 @@ struct PartitionOwner {
         batches.sorted { $0.lane == .live && $1.lane != .live }
     }
 
+    /// Waits for the writes in flight, if any.
+    mutating func settleInFlight() async throws(RedisError) {
+        guard let inFlight = self.inFlight else { return }
+        self.inFlight = nil
+        try await self.settle(inFlight)
+    }
+
     /// Rebuilds some big states of the cached chains when the partition is idle (one short transaction each).
     private mutating func compact() async throws(RedisError) {
+        try await self.settleInFlight()
         var calls: [WriteCall] = []
         for chain in self.chains.values where chain.needsCompaction {
             guard chain.scheduleCompaction(successors: 20_000) else { continue }
@@ -104,6 +128,7 @@ struct PartitionOwner {
 
     private mutating func trimIfDue() async throws(RedisError) {
         guard ContinuousClock.now - self.lastTrim >= self.configuration.trimEvery else { return }
+        try await self.settleInFlight()
         self.lastTrim = .now
         let trimmed = try await self.log.trim(partition: self.partition)
         if trimmed > 0 {
@@ -139,9 +164,17 @@ struct PartitionOwner {
         self.cacheBytes = total
         let limit = self.configuration.cacheBytes / max(1, self.trainer.ownedPartitions.count)
         if total > limit {
-            for guild in self.lastUse.sorted(by: { $0.value < $1.value }).map(\.key) {
-                guard self.cacheBytes > limit / 2 else { break }
+            // Whole guilds used least recently first; then, within the guild left, the states not used lately.
+            let byAge = self.lastUse.sorted(by: { $0.value < $1.value }).map(\.key)
+            for guild in byAge.dropLast() {
+                guard self.cacheBytes > limit * 3 / 4 else { break }
                 self.drop(guild)
+            }
+            if self.cacheBytes > limit, let guild = byAge.last, let chain = self.chains[guild] {
+                let before = chain.bytes
+                chain.evict(toBytes: max(0, chain.bytes - (self.cacheBytes - limit * 3 / 4)))
+                self.cacheBytes -= before - chain.bytes
+                self.trainer.cacheBytes.subtract(before - chain.bytes, ordering: .relaxed)
             }
         }
         TrainerMetrics.cacheBytes.record(self.trainer.cacheBytes.load(ordering: .relaxed))

@@ -44,8 +44,8 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     public init(_ name: String, _ arguments: [RedisArgument], routingKey: RedisArgument? = nil) {
         self.name = name
         var buffer = ByteBufferAllocator().buffer(capacity: 16 + name.utf8.count + arguments.count * 24)
-        buffer.writeStaticString("*")
-        buffer.writeString(String(arguments.count + 1))
+        buffer.writeInteger(UInt8(ascii: "*"))
+        RedisCommandBuilder.writeDecimal(arguments.count + 1, into: &buffer)
         buffer.writeStaticString("\r\n")
         Self.write(.string(name), into: &buffer)
         for argument in arguments {
@@ -66,12 +66,19 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         self.init(name, arguments)
     }
 
+    /// A command encoded by a ``RedisCommandBuilder``.
+    init(encoded: ByteBuffer, name: String, slot: UInt16?) {
+        self.encoded = encoded
+        self.name = name
+        self.slot = slot
+    }
+
     public var description: String { "\(self.name) (\(self.encoded.readableBytes) bytes)" }
 
     private static func write(_ argument: RedisArgument, into buffer: inout ByteBuffer) {
         argument.withBytes { bytes in
-            buffer.writeStaticString("$")
-            buffer.writeString(String(bytes.count))
+            buffer.writeInteger(UInt8(ascii: "$"))
+            RedisCommandBuilder.writeDecimal(bytes.count, into: &buffer)
             buffer.writeStaticString("\r\n")
             buffer.writeBytes(bytes)
             buffer.writeStaticString("\r\n")
@@ -81,7 +88,9 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
     /// The index in `arguments` (which exclude the name) of the key that decides the command's slot, or `nil`
     /// for commands without keys. Covers the command shapes this project uses; pass `routingKey` for others.
     static func keyIndex(name: String, arguments: [RedisArgument]) -> Int? {
-        switch name.uppercased() {
+        // Names are written in capitals throughout; only others pay for a conversion.
+        let upper = name.utf8.allSatisfy { !($0 >= 0x61 && $0 <= 0x7A) } ? name : name.uppercased()
+        switch upper {
         case "PING", "ECHO", "INFO", "AUTH", "SELECT", "ASKING", "READONLY", "READWRITE", "CLUSTER", "FUNCTION",
             "SCRIPT", "CONFIG", "CLIENT", "DBSIZE", "FLUSHALL", "FLUSHDB", "TIME", "COMMAND", "SCAN", "MULTI",
             "EXEC", "DISCARD", "WAIT", "HELLO", "QUIT", "SHUTDOWN", "DEBUG", "SAVE", "BGSAVE", "BGREWRITEAOF",
@@ -121,5 +130,111 @@ public struct RedisCommand: Sendable, CustomStringConvertible {
         case .bytes(let bytes): String(decoding: bytes, as: UTF8.self).uppercased() == word
         case .integer: false
         }
+    }
+}
+
+/// Writes a command's arguments straight into its wire encoding, for commands with many arguments built in a
+/// hot loop (a bucket hash's fields and values): no intermediate argument array, and values can be written in
+/// place once their length is known. The argument count is given first, as RESP puts it first.
+public struct RedisCommandBuilder {
+    private var buffer: ByteBuffer
+    private let name: String
+    private let expected: Int
+    private var written = 0
+
+    /// Starts a command `name` with `arguments` arguments after the name; the first is its key.
+    public init(_ name: String, arguments: Int, capacity: Int = 256) {
+        self.name = name
+        self.expected = arguments
+        self.buffer = ByteBufferAllocator().buffer(capacity: capacity)
+        self.buffer.writeInteger(UInt8(ascii: "*"))
+        Self.writeDecimal(arguments + 1, into: &self.buffer)
+        self.buffer.writeStaticString("\r\n$")
+        Self.writeDecimal(name.utf8.count, into: &self.buffer)
+        self.buffer.writeStaticString("\r\n")
+        self.buffer.writeString(name)
+        self.buffer.writeStaticString("\r\n")
+    }
+
+    /// Writes a non-negative integer in decimal, without making a string of it.
+    @inline(__always)
+    static func writeDecimal(_ value: Int, into buffer: inout ByteBuffer) {
+        if value < 10 {
+            buffer.writeInteger(UInt8(truncatingIfNeeded: 0x30 + value))
+            return
+        }
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var value = value
+            var count = 0
+            while value > 0 {
+                digits[19 - count] = UInt8(truncatingIfNeeded: 0x30 + value % 10)
+                value /= 10
+                count += 1
+            }
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(digits)[(20 - count)...]))
+        }
+    }
+
+    /// Appends an argument.
+    public mutating func append(_ bytes: some Collection<UInt8>) {
+        self.buffer.writeInteger(UInt8(ascii: "$"))
+        Self.writeDecimal(bytes.count, into: &self.buffer)
+        self.buffer.writeStaticString("\r\n")
+        self.buffer.writeBytes(bytes)
+        self.buffer.writeStaticString("\r\n")
+        self.written += 1
+    }
+
+    /// Appends an argument (the common case, without generic iteration).
+    public mutating func append(_ bytes: [UInt8]) {
+        self.buffer.writeInteger(UInt8(ascii: "$"))
+        Self.writeDecimal(bytes.count, into: &self.buffer)
+        self.buffer.writeStaticString("\r\n")
+        bytes.withUnsafeBytes { _ = self.buffer.writeBytes($0) }
+        self.buffer.writeStaticString("\r\n")
+        self.written += 1
+    }
+
+    /// Appends an argument made of two parts (a key's prefix and suffix), without joining them first.
+    public mutating func append(_ first: [UInt8], _ second: [UInt8]) {
+        self.buffer.writeInteger(UInt8(ascii: "$"))
+        Self.writeDecimal(first.count + second.count, into: &self.buffer)
+        self.buffer.writeStaticString("\r\n")
+        first.withUnsafeBytes { _ = self.buffer.writeBytes($0) }
+        second.withUnsafeBytes { _ = self.buffer.writeBytes($0) }
+        self.buffer.writeStaticString("\r\n")
+        self.written += 1
+    }
+
+
+
+    /// Appends a text argument.
+    public mutating func append(_ text: String) {
+        var text = text
+        text.withUTF8 { self.append($0) }
+    }
+
+    /// Appends an argument of `length` bytes, written in place by `body`.
+    public mutating func append(length: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) {
+        self.buffer.writeInteger(UInt8(ascii: "$"))
+        Self.writeDecimal(length, into: &self.buffer)
+        self.buffer.writeStaticString("\r\n")
+        self.buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { pointer in
+            body(UnsafeMutableRawBufferPointer(rebasing: pointer[..<length]))
+            return length
+        }
+        self.buffer.writeStaticString("\r\n")
+        self.written += 1
+    }
+
+    /// The command, routed by `key` (its first key).
+    public func build(routingKey key: some Collection<UInt8>) -> RedisCommand {
+        self.build(slot: Array(key).withUnsafeBytes { HashSlot.slot(forKey: $0) })
+    }
+
+    /// The command, for a slot known already (keys sharing a hash tag share a slot).
+    public func build(slot: UInt16) -> RedisCommand {
+        precondition(self.written == self.expected, "\(self.name) was announced with \(self.expected) arguments, \(self.written) written")
+        return RedisCommand(encoded: self.buffer, name: self.name, slot: slot)
     }
 }

@@ -1,4 +1,4 @@
-import MarkovCore
+@testable import MarkovCore
 import Testing
 
 @Suite("Tokenizer")
@@ -79,6 +79,39 @@ struct CoreTests {
         #expect(filter.skipReason(authorFlags: [], messageType: 7, tokens: ["hi"]) == .systemMessage)
         #expect(filter.skipReason(authorFlags: [], messageType: 0, tokens: ["!MARK", "debug"]) == .command)
         #expect(filter.skipReason(authorFlags: [], messageType: 0, tokens: []) == .empty)
+    }
+
+    @Test("the byte-level tokenizer splits exactly where Unicode's whitespace property says")
+    func matchesUnicodeWhitespace() {
+        // The reference: split on every scalar whose White_Space property is true.
+        func reference(_ text: String) -> [String] {
+            var tokens: [String] = []
+            var current = String.UnicodeScalarView()
+            for scalar in text.unicodeScalars {
+                if scalar.properties.isWhitespace {
+                    if !current.isEmpty { tokens.append(Tokenizer.normalized(String(current))); current = String.UnicodeScalarView() }
+                } else {
+                    current.append(scalar)
+                }
+            }
+            if !current.isEmpty { tokens.append(Tokenizer.normalized(String(current))) }
+            return tokens
+        }
+        let special: [Unicode.Scalar] = ["\u{85}", "\u{A0}", "\u{1680}", "\u{2000}", "\u{200A}", "\u{200B}", "\u{2028}", "\u{2029}",
+                                         "\u{202F}", "\u{205F}", "\u{3000}", "\u{FEFF}", "\u{1C}", "\u{1F}", "é", "😀", "\u{10FFFF}"]
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            var scalars = String.UnicodeScalarView()
+            for _ in 0..<Int.random(in: 0...40, using: &generator) {
+                if Bool.random(using: &generator) {
+                    scalars.append(Unicode.Scalar(UInt8.random(in: 0...127, using: &generator)))
+                } else {
+                    scalars.append(special.randomElement(using: &generator)!)
+                }
+            }
+            let text = String(scalars) + (Bool.random(using: &generator) ? " <@!123> x<@!9>" : "")
+            #expect(Tokenizer.tokens(text) == reference(text), "\(text.unicodeScalars.map { String($0.value, radix: 16) })")
+        }
     }
 
     @Test("SHA-1 matches the standard test vectors")

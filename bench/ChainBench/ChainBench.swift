@@ -21,7 +21,7 @@ struct Common: ParsableArguments {
     @Option(help: "Redis Cluster seeds (host:port,…); overrides --url.") var clusterNodes: String?
 
     func make() throws -> (RedisClient, ChainStore, EventLog) {
-        NIOSingletons.groupLoopCountSuggestion = 1
+        // As the `markov` executable runs: Swift concurrency on NIO's event loops, one per core.
         NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         var logger = Logger(label: "bench")
         logger.logLevel = .error
