@@ -32,6 +32,41 @@ struct Common: ParsableArguments {
         return (redis, ChainStore(redis: redis, stateSize: self.stateSize), EventLog(redis: redis, partitions: self.partitions))
     }
 
+    /// Redis's CPU seconds so far (user + system, every master).
+    static func redisCPU(_ redis: RedisClient) async throws -> Double {
+        var total = 0.0
+        for master in try await redis.masters() {
+            let info = try await redis.send(RedisCommand("INFO", "cpu"), to: master).string ?? ""
+            for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("used_cpu_user:") || line.hasPrefix("used_cpu_sys:") {
+                total += Double(line.split(separator: ":")[1]) ?? 0
+            }
+        }
+        return total
+    }
+
+    /// Starts counting commands slower than 5 ms (every master).
+    static func resetSlowlog(_ redis: RedisClient) async throws {
+        for master in try await redis.masters() {
+            try await redis.send(RedisCommand("CONFIG", "SET", "slowlog-log-slower-than", "5000"), to: master)
+            try await redis.send(RedisCommand("CONFIG", "SET", "slowlog-max-len", "10000"), to: master)
+            try await redis.send(RedisCommand("SLOWLOG", "RESET"), to: master)
+        }
+    }
+
+    /// Commands slower than 5 ms since ``resetSlowlog(_:)``.
+    static func slowCommands(_ redis: RedisClient) async throws -> Int {
+        var count = 0
+        for master in try await redis.masters() { count += try await redis.send(RedisCommand("SLOWLOG", "LEN"), to: master).int ?? 0 }
+        return count
+    }
+
+    /// This process's CPU seconds so far.
+    static func processCPU() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+    }
+
     /// Removes every key of a guild on the bench's own Redis (benchmarks only: the system itself deletes through
     /// the partition owner).
     static func wipe(_ guild: Snowflake, redis: RedisClient) async throws {
@@ -94,8 +129,15 @@ struct TrainBench: AsyncParsableCommand {
             try await log.append(Array(events[chunk..<min(chunk + 2000, events.count)]), lane: .bulk)
         }
         let appendTime = clock.now - appendStart
+        // Redis's CPU and slow commands over the apply phase (every master), and this process's CPU (the trainers).
+        let redisBefore = try await Common.redisCPU(redis)
+        try await Common.resetSlowlog(redis)
+        let cpuBefore = Common.processCPU()
         let start = clock.now
         var applyTime = Duration.zero
+        var redisAfter = 0.0
+        var cpuAfter = 0.0
+        var slow = 0
         try await withThrowingTaskGroup(of: Void.self) { group in
             let trainers = (0..<self.trainers).map { _ in Common.trainer(store, log, batch: self.batch) }
             for trainer in trainers { group.addTask { try await trainer.run() } }
@@ -103,6 +145,9 @@ struct TrainBench: AsyncParsableCommand {
                 try await Task.sleep(for: .milliseconds(20))
             }
             applyTime = clock.now - start
+            redisAfter = try await Common.redisCPU(redis)
+            cpuAfter = Common.processCPU()
+            slow = try await Common.slowCommands(redis)
             // The owners compact big states once idle; memory is measured after that.
             while trainers.contains(where: { $0.compactionsPending > 0 }) { try await Task.sleep(for: .milliseconds(20)) }
             group.cancelAll()
@@ -132,6 +177,8 @@ struct TrainBench: AsyncParsableCommand {
                 + "apply_seconds=\(seconds(applyTime)) transitions_per_sec=\(Int(Double(transitions) / seconds(applyTime))) "
                 + "messages_per_sec=\(Int(Double(lines.count) / seconds(applyTime))) "
                 + "append_per_sec=\(Int(Double(lines.count) / seconds(appendTime))) "
+                + String(format: "redis_cpu_us_per_transition=%.3f trainer_cpu_us_per_transition=%.3f slow_commands=%d ",
+                         (redisAfter - redisBefore) * 1e6 / Double(max(1, transitions)), (cpuAfter - cpuBefore) * 1e6 / Double(max(1, transitions)), slow)
                 + (self.guilds == 1
                     ? "chain_bytes=\(chainBytes) bytes_per_transition=\(chainBytes / max(1, totals["transitions", default: 1])) "
                         + "message_bytes=\(messageBytes) bytes_per_message=\(messageBytes / max(1, totals["messages", default: 1]))"
