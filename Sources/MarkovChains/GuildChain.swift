@@ -48,6 +48,8 @@ final class GuildChain {
     /// Every state this chain stored, for a chain that began complete (absent from it: surely new).
     private var stored: ScalableBloomFilter?
     private var dirty: [(key: StateKey, node: StateNode)] = []
+    /// States changed since the last flush: about the Redis commands the next flush writes.
+    var changedStates: Int { self.dirty.count }
     /// Big states whose blob grew or that have increments since it was built: compacted (rebuilt) when idle.
     private var uncompacted: Set<StateKey> = []
     private var stateBytes = 0
@@ -214,7 +216,7 @@ final class GuildChain {
     /// still tells which states are new.
     func evict(toBytes target: Int) {
         guard self.bytes > target else { return }
-        var forgotten: [StateKey] = []
+        var forgotten = 0
         var freed = 0
         let excess = self.bytes - target
         for (key, node) in self.states where !node.isDirty {
@@ -222,16 +224,21 @@ final class GuildChain {
                 node.isUsed = false
                 continue
             }
-            forgotten.append(key)
+            node.isForgotten = true
+            forgotten += 1
             freed += node.bytes
+            if !self.uncompacted.isEmpty { self.uncompacted.remove(key) }
             if freed >= excess { break }
         }
-        for key in forgotten {
-            self.states[key] = nil
-            self.uncompacted.remove(key)
+        // Removing many keys from a Swift dictionary in its own order is quadratic (each removal shifts the
+        // probe run that follows it), so the states kept are copied into a new one instead.
+        if forgotten > 0 {
+            var kept = [StateKey: StateNode](minimumCapacity: self.states.count - forgotten)
+            for (key, node) in self.states where !node.isForgotten { kept[key] = node }
+            self.states = kept
         }
         self.stateBytes -= freed
-        if !forgotten.isEmpty {
+        if forgotten > 0 {
             self.isComplete = false
             self.buckets = []
         }
@@ -859,6 +866,8 @@ final class StateNode {
     var isDirty = false
     /// Used since the last eviction pass.
     var isUsed = true
+    /// Chosen by an eviction pass, about to leave the chain.
+    var isForgotten = false
     /// Rebuild the alias blob at the next flush even if the thresholds do not ask for it.
     var rebuildRequested = false
     var small: [SmallSuccessor] = []
