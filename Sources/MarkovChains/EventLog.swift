@@ -257,7 +257,10 @@ public struct EventLog: Sendable {
             keep = keep.map { min($0, oldest) } ?? oldest
         }
         guard let keep else { return 0 }
-        return try await redis.send(RedisCommand("XTRIM", .string(stream), "MINID", .string(keep.description))).int ?? 0
+        // Whole stream nodes first (cheap however many entries go), then exactly the rest, so that no single
+        // command holds Redis for long.
+        let approximate = try await redis.send(RedisCommand("XTRIM", .string(stream), "MINID", "~", .string(keep.description))).int ?? 0
+        return try await approximate + (redis.send(RedisCommand("XTRIM", .string(stream), "MINID", .string(keep.description))).int ?? 0)
     }
 
     /// Entries from an `XREADGROUP`/`XRANGE`-shaped array.
