@@ -560,7 +560,9 @@ extension PartitionOwner {
                     chain.recentThreads[id] = (channel, self.batchNumber)
                 }
             }
-            if transitions >= self.configuration.transitionsPerCall || (index == plan.items.count - 1) {
+            if transitions >= self.configuration.transitionsPerCall || chain.changedStates >= self.configuration.statesPerCall
+                || index == plan.items.count - 1
+            {
                 statistics.transitions += transitions
                 close(item.id)
             }
