@@ -104,9 +104,6 @@ extension RoleContext {
         configuration.helperPartitions = Set(guilds.map { self.log.keys.partition(of: $0) })
         configuration.block = .milliseconds(200)
         configuration.heartbeat = .milliseconds(500)
-        // A command's trainer runs beside other work and keeps a small cache, so that an import of millions of
-        // messages (streamed) stays within a few hundred MB; states it forgets are read back when touched.
-        configuration.cacheBytes = 128 << 20
         return MarkovChains.Trainer(store: self.store, log: self.log, configuration: configuration, logger: self.logger)
     }
 
