@@ -271,6 +271,8 @@ struct FreshnessBench: AsyncParsableCommand {
     @Option(help: "Messages per second.") var rate = 1000
     @Option var seconds = 10
     @Option var guild = "900000000000000002"
+    @Flag(help: "Run no trainer here: the partition's owner elsewhere (an import's, a running trainer) applies.")
+    var noTrainer = false
 
     func run() async throws {
         let (redis, store, log) = try self.common.make()
@@ -279,11 +281,11 @@ struct FreshnessBench: AsyncParsableCommand {
         try await store.prepare()
         try await Common.wipe(guild, redis: redis)
         try await log.ensureGroup("trainers")
-                let trainer = Common.trainer(store, log)
+        let trainer = self.noTrainer ? nil : Common.trainer(store, log)
         let clock = ContinuousClock()
         let total = self.rate * self.seconds
         let latencies = try await withThrowingTaskGroup(of: [Double].self) { group in
-            group.addTask { try await trainer.run(); return [] }
+            if let trainer { group.addTask { try await trainer.run(); return [] } }
             group.addTask {
                 var generator = SystemRandomNumberGenerator()
                 var probes: [Task<Double, any Error>] = []
