@@ -48,8 +48,6 @@ final class GuildChain {
     /// Every state this chain stored, for a chain that began complete (absent from it: surely new).
     private var stored: ScalableBloomFilter?
     private var dirty: [(key: StateKey, node: StateNode)] = []
-    /// States changed since the last flush: about the Redis commands the next flush writes.
-    var changedStates: Int { self.dirty.count }
     /// Big states whose blob grew or that have increments since it was built: compacted (rebuilt) when idle.
     private var uncompacted: Set<StateKey> = []
     private var stateBytes = 0

@@ -111,7 +111,7 @@ extension PartitionOwner {
         } else {
             try await self.consumer.acknowledge(acknowledged, lane: lane)
         }
-        self.enforceMemoryBound()
+        try await self.enforceMemoryBound()
         self.record(statistics)
     }
 
@@ -560,9 +560,7 @@ extension PartitionOwner {
                     chain.recentThreads[id] = (channel, self.batchNumber)
                 }
             }
-            if transitions >= self.configuration.transitionsPerCall || chain.changedStates >= self.configuration.statesPerCall
-                || index == plan.items.count - 1
-            {
+            if transitions >= self.configuration.transitionsPerCall || (index == plan.items.count - 1) {
                 statistics.transitions += transitions
                 close(item.id)
             }
