@@ -584,9 +584,9 @@ final class GuildChain {
             big.tokens[successor.token] = BigToken(offset: built.offsets[index], base: successor.count, inc: 0, dec: 0, nextHash: successor.nextHash)
         }
         write.set(":x:", text, built.blob)
-        if node.stored == .big {
-            write.unlink([Array(":u:".utf8) + text, Array(":d:".utf8) + text])
-        }
+        // Whatever this owner believes Redis holds, a new blob starts with no pending units or decrements: a
+        // list left from an earlier blob would point into this one.
+        write.unlink([Array(":u:".utf8) + text, Array(":d:".utf8) + text])
         fields.append(PendingField(location: location, field: text, value: .bytes(big.header.encoded)))
         self.counters.rebuilds += 1
         TrainerMetrics.aliasRebuilds.increment()
