@@ -26,6 +26,25 @@ struct ChainStoreTests {
         try await harness.delete(guild)
     }
 
+    @Test("a trainer that can keep almost nothing in memory counts exactly: every batch forgets states and reads them back")
+    func evictionUnderWriteBehind() async throws {
+        var harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        harness.cacheBytes = 1
+        let guild = ChainHarness.newGuild()
+        let texts = corpus(messages: 1500, seed: 43)
+        var model = ChainModel(stateSize: 2)
+        for text in texts { model.add(text) }
+        // Full batches on the bulk lane: each batch's writes stay in flight while the next is read, loaded and merged.
+        try await harness.train(texts.enumerated().map { ChainHarness.create(guild, id: "m\($0)", $1) }, lane: .bulk)
+        let totals = try await harness.store.totals(guild: guild)
+        #expect(totals["messages"] == texts.count)
+        #expect(totals["transitions"] == model.transitions)
+        #expect(totals["rebuilds", default: 0] > 0, "the corpus must exercise big states with alias tables")
+        #expect(try await harness.counts(of: model, guild: guild) == model.counts)
+        try await harness.delete(guild)
+    }
+
     @Test("duplicates, replays and re-imports are counted once", arguments: [false, true])
     func exactlyOnce(cluster: Bool) async throws {
         let harness = try ChainHarness(cluster: cluster)

@@ -26,6 +26,8 @@ struct ChainHarness {
     let store: ChainStore
     let log: EventLog
     let stateSize: Int
+    /// The memory bound of the harness's trainers (`Trainer.Configuration.cacheBytes`).
+    var cacheBytes = Trainer.Configuration(consumer: "default").cacheBytes
 
     /// A harness on the standalone server (`cluster: false`) or the 3-master cluster.
     init(cluster: Bool = false, stateSize: Int = 2, partitions: Int = 4) throws {
@@ -62,6 +64,7 @@ struct ChainHarness {
         configuration.claimEvery = .milliseconds(200)
         configuration.leaseTTL = leaseTTL
         configuration.heartbeat = .milliseconds(100)
+        configuration.cacheBytes = self.cacheBytes
         return Trainer(store: self.store, log: self.log, configuration: configuration, logger: Self.logger)
     }
 
