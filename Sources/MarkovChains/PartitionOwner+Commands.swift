@@ -93,12 +93,7 @@ extension PartitionOwner {
         var owners: Set<ChainKeys.Owner> = [.chain, .responder]
         if !keepingOptOuts { owners.insert(.optOuts) }
         suffixes += ChainKeys.fixedSuffixes(of: owners)
-        var calls: [WriteCall] = []
-        for start in stride(from: 0, to: suffixes.count, by: 1000) {
-            var write = ChainWrite(keys: chain.keys)
-            write.unlink(Array(suffixes[start..<min(suffixes.count, start + 1000)]))
-            calls.append(WriteCall(guild: chain.guild, last: nil, write: write))
-        }
+        var calls = Self.unlinkCalls(suffixes, chain: chain)
         var write = ChainWrite(keys: chain.keys)
         write.unlink([":meta"])
         var kept: [(String, String)] = [("epoch", String(self.handle.epoch)), ("layout", String(ChainLayout.version)), ("deleted", "1")]
@@ -161,12 +156,7 @@ extension PartitionOwner {
         }
         if let legacy = chain.legacyShape {
             let suffixes = try await self.legacySuffixes(chain, shape: legacy)
-            var calls: [WriteCall] = []
-            for start in stride(from: 0, to: suffixes.count, by: 1000) {
-                var write = ChainWrite(keys: chain.keys)
-                write.unlink(Array(suffixes[start..<min(suffixes.count, start + 1000)]))
-                calls.append(WriteCall(guild: chain.guild, last: nil, write: write))
-            }
+            var calls = Self.unlinkCalls(suffixes, chain: chain)
             var write = ChainWrite(keys: chain.keys)
             write.hdel(":meta", [Array("legacy_cleanup".utf8), Array("legacy_L".utf8), Array("legacy_p".utf8)])
             calls.append(WriteCall(guild: chain.guild, last: nil, write: write))
@@ -277,6 +267,15 @@ extension PartitionOwner {
         value.split(separator: "\n", omittingEmptySubsequences: false).compactMap { line in
             guard let tab = line.firstIndex(of: "\t"), let count = UInt32(line[..<tab]), count > 0 else { return nil }
             return (String(line[line.index(after: tab)...]), count)
+        }
+    }
+
+    /// Write calls that unlink the guild's keys with these suffixes, a thousand keys a call.
+    static func unlinkCalls(_ suffixes: [String], chain: GuildChain) -> [WriteCall] {
+        stride(from: 0, to: suffixes.count, by: 1000).map { start in
+            var write = ChainWrite(keys: chain.keys)
+            write.unlink(Array(suffixes[start..<min(suffixes.count, start + 1000)]))
+            return WriteCall(guild: chain.guild, last: nil, write: write)
         }
     }
 }

@@ -64,6 +64,12 @@ final class RedisNodePool: Sendable {
             connection.close()
             throw error
         }
+        self.keepOrClose(connection)
+        return replies[0]
+    }
+
+    /// Keeps a dedicated connection for reuse if it is still sound and there is room, else closes it.
+    private func keepOrClose(_ connection: RedisConnection) {
         let kept = self.state.withLock { state in
             guard !state.isShutDown, connection.isUsable, state.idleDedicated.count < Self.maxIdleDedicated else {
                 return false
@@ -72,7 +78,6 @@ final class RedisNodePool: Sendable {
             return true
         }
         if !kept { connection.close() }
-        return replies[0]
     }
 
     /// Runs `body` on a connection of its own (for `WATCH`/`MULTI`/`EXEC`, whose state belongs to a connection),
@@ -88,14 +93,7 @@ final class RedisNodePool: Sendable {
             connection.close()
             throw error
         }
-        let kept = self.state.withLock { state in
-            guard !state.isShutDown, connection.isUsable, state.idleDedicated.count < Self.maxIdleDedicated else {
-                return false
-            }
-            state.idleDedicated.append(connection)
-            return true
-        }
-        if !kept { connection.close() }
+        self.keepOrClose(connection)
         return result
     }
 
