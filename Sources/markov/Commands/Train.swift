@@ -40,11 +40,17 @@ struct Train: AsyncParsableCommand {
             let tracker = ImportTracker(guild: guild, redis: context.redis)
             let meter = ProgressMeter(label: noApply ? "queued " : "applied", total: 0)
             for file in files {
+                let queuedBefore = await tracker.count
                 let summary = try await HistoryImporter.read(file: file, guild: guild) { events, bytesRead in
                     let ids = try await log.append(events, lane: .bulk)
                     await tracker.appended(ids)
                     let applied = noApply ? await tracker.count : try await tracker.applied()
-                    meter.update(applied, total: await tracker.count, detail: "\(bytesRead * 100 / max(1, Self.size(file)))% of \(file) read")
+                    // The whole file's messages are not known until it is read: project them from the share read,
+                    // so that the percentage and the ETA are of the whole import.
+                    let queued = await tracker.count
+                    let read = Double(bytesRead) / Double(max(1, Self.size(file)))
+                    let projected = read > 0 ? max(queued, Int(Double(queued - queuedBefore) / read) + queuedBefore) : queued
+                    meter.update(applied, total: projected, detail: "\(Int(read * 100))% of \(file) read")
                 }
                 FileHandle.standardError.write(Data("\n\(file): \(summary.messages) messages (\(summary.format.rawValue))\n".utf8))
             }
