@@ -56,8 +56,18 @@ final class GuildChain {
     var recentRecords: [String: (record: MessageRecord?, batch: UInt64)] = [:]
     var recentThreads: [String: (channel: String, batch: UInt64)] = [:]
 
+    /// The bucket table as the writes known to have landed left it, and as each write still in flight leaves it
+    /// (with its batch): a split in flight may not have moved a state yet, so a state is read from every bucket
+    /// it passes through, oldest first (``readLocations(text:hash:)``).
+    private var landedShape: LinearHashing
+    private var shapesInFlight: [(batch: UInt64, shape: LinearHashing)] = []
+
     /// The writes of batches up to `batch` went through: what they wrote is in Redis now.
     func settled(through batch: UInt64) {
+        while let first = self.shapesInFlight.first, first.batch <= batch {
+            self.landedShape = first.shape
+            self.shapesInFlight.removeFirst()
+        }
         if !self.recentRecords.isEmpty { self.recentRecords = self.recentRecords.filter { $0.value.batch > batch } }
         if !self.recentThreads.isEmpty { self.recentThreads = self.recentThreads.filter { $0.value.batch > batch } }
     }
@@ -75,6 +85,7 @@ final class GuildChain {
             rebuilds: int("rebuilds")
         )
         self.shape = LinearHashing(level: int("L"), split: int("p"))
+        self.landedShape = self.shape
         self.wseq = int("wseq")
         self.layout = meta["layout"].flatMap { Int($0) } ?? (int("states") > 0 || int("messages") > 0 ? 1 : ChainLayout.version)
         if let live = meta["applied"].flatMap(StreamID.init) { self.applied[.live] = live }
@@ -170,6 +181,25 @@ final class GuildChain {
     /// Where a state of this text and hash is stored.
     func location(text: [UInt8], hash: UInt32) -> Location {
         text.count > ChainLayout.listpackLimit ? .long : .bucket(self.shape.bucket(of: hash))
+    }
+
+    /// Where to read a state this chain does not know, while writes may be in flight: the bucket the landed
+    /// writes left it in, then each bucket a split in flight moves it to, each with the number of the write that
+    /// moves it there (0: landed). Read in that order, one of them holds the state whenever it exists: each split
+    /// moves it atomically from one to the next, and nothing else in flight touches a state this chain does not
+    /// know.
+    func readLocations(text: [UInt8], hash: UInt32) -> [(location: Location, step: Int)] {
+        guard text.count <= ChainLayout.listpackLimit else { return [(.long, 0)] }
+        var bucket = self.landedShape.bucket(of: hash)
+        var locations: [(location: Location, step: Int)] = [(.bucket(bucket), 0)]
+        for (index, pending) in self.shapesInFlight.enumerated() {
+            let next = pending.shape.bucket(of: hash)
+            if next != bucket {
+                bucket = next
+                locations.append((.bucket(bucket), index + 1))
+            }
+        }
+        return locations
     }
 
     /// A value to write in a bucket: a small state's successors (encoded in place, of a known size) or bytes.
@@ -438,8 +468,9 @@ final class GuildChain {
     // MARK: Writing
 
     /// Appends the writes of every state changed since the last flush (and the bucket splits the new states
-    /// call for) to `write`, and forgets the changes: the caller sends `write` and drops this chain if it fails.
-    func flush(into write: inout ChainWrite) {
+    /// call for) to `write`, and forgets the changes: the caller sends `write`, as part of batch `batch`, and
+    /// drops this chain if it fails.
+    func flush(into write: inout ChainWrite, batch: UInt64) {
         let dirty = self.dirty
         self.dirty = []
         // States after this flush, to grow the bucket table first: splits move what Redis holds now, then every
@@ -474,6 +505,7 @@ final class GuildChain {
                 write.split(from: ChainKeys.bucketSuffix(from), into: ChainKeys.bucketSuffix(into), modulus: modulus, target: into)
             }
         }
+        if self.shape != (self.shapesInFlight.last?.shape ?? self.landedShape) { self.shapesInFlight.append((batch, self.shape)) }
         var fields: [PendingField] = []
         fields.reserveCapacity(dirty.count)
         var bigAdded: [[UInt8]] = []

@@ -522,7 +522,7 @@ extension PartitionOwner {
             if !imageWrites.isEmpty { write.hset(":img", imageWrites) }
             if !threads.isEmpty { write.hset(":threads", threads) }
             write.counters(":h", hashes.filter { $0.value != 0 }.map { (field: $0.key, delta: $0.value) })
-            chain.flush(into: &write)
+            chain.flush(into: &write, batch: self.batchNumber)
             var lanes = chain.applied
             if marking { lanes[lane] = last }
             if chain.isTombstone {
@@ -661,30 +661,46 @@ extension PartitionOwner {
 
     /// Reads the states the chains do not know, for the messages about to be learnt or forgotten.
     mutating func load(_ work: [(GuildChain, [[String]])]) async throws(RedisError) {
-        var commands: [RedisCommand] = []
-        var targets: [(GuildChain, [StateKey])] = []
+        // One HMGET per bucket and step: a state that a split in flight moves is looked for in each bucket it
+        // passes through, in the order the splits go (``GuildChain/readLocations(text:hash:)``).
+        var reads: [(step: Int, chain: GuildChain, location: GuildChain.Location, states: [(StateKey, [UInt8])])] = []
+        var wanted: [(GuildChain, [StateKey])] = []
         for (chain, messages) in work {
-            var wanted: [String: [(StateKey, [UInt8])]] = [:]
+            var groups: [GuildChain.Location: [Int: [(StateKey, [UInt8])]]] = [:]
             var seen: Set<StateKey> = []
+            var keys: [StateKey] = []
             for tokens in messages {
                 for key in chain.path(tokens).keys where !chain.isKnown(key) && seen.insert(key).inserted {
                     let text = chain.text(of: key)
-                    let suffix = chain.location(text: text, hash: ChainLayout.stateHash(text)).suffix
-                    wanted[suffix, default: []].append((key, text))
+                    keys.append(key)
+                    for (location, step) in chain.readLocations(text: text, hash: ChainLayout.stateHash(text)) {
+                        groups[location, default: [:]][step, default: []].append((key, text))
+                    }
                 }
             }
-            for (suffix, states) in wanted {
-                commands.append(RedisCommand("HMGET", [.string(chain.keys.key(suffix))] + states.map { .bytes($0.1) }))
-                targets.append((chain, states.map(\.0)))
+            for (location, steps) in groups {
+                for (step, states) in steps { reads.append((step, chain, location, states)) }
+            }
+            if !keys.isEmpty { wanted.append((chain, keys)) }
+        }
+        guard !reads.isEmpty else { return }
+        reads.sort { $0.step < $1.step }
+        let stateReplies = await self.redis.pipeline(reads.map { read in
+            RedisCommand("HMGET", [.string(read.chain.keys.key(read.location.suffix))] + read.states.map { .bytes($0.1) })
+        })
+        var found: [ObjectIdentifier: [StateKey: [UInt8]]] = [:]
+        for (read, result) in zip(reads, stateReplies) {
+            let values = try result.get().array ?? []
+            for ((key, _), value) in zip(read.states, values) {
+                if let bytes = value.bytes { found[ObjectIdentifier(read.chain), default: [:]][key] = bytes }
             }
         }
-        guard !commands.isEmpty else { return }
         var bigs: [(GuildChain, StateKey)] = []
-        for ((chain, keys), result) in zip(targets, await self.redis.pipeline(commands)) {
-            let values = try result.get().array ?? []
-            for (key, value) in zip(keys, values) {
+        for (chain, keys) in wanted {
+            let values = found[ObjectIdentifier(chain)] ?? [:]
+            for key in keys {
                 do {
-                    try chain.load(key, value: value.bytes)
+                    try chain.load(key, value: values[key])
                 } catch {
                     throw RedisError(.protocolError, error.description)
                 }

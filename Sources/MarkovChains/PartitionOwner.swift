@@ -119,7 +119,7 @@ struct PartitionOwner {
         for chain in self.chains.values where chain.needsCompaction {
             guard chain.scheduleCompaction(successors: 20_000) else { continue }
             var write = ChainWrite(keys: chain.keys)
-            chain.flush(into: &write)
+            chain.flush(into: &write, batch: self.batchNumber)
             write.hset(":meta", chain.metaFields(lanes: chain.applied))
             calls.append(WriteCall(guild: chain.guild, last: nil, write: write))
         }

@@ -26,20 +26,29 @@ struct ChainStoreTests {
         try await harness.delete(guild)
     }
 
-    @Test("a trainer that can keep almost nothing in memory counts exactly: every batch forgets states and reads them back")
-    func evictionUnderWriteBehind() async throws {
+    /// A trainer that reads states before writing them: one whose memory bound forgets states in every batch (one
+    /// byte), and one that meets a guild another trainer wrote (its chain is read on first use). Each batch is
+    /// read, loaded and merged while the previous batch's writes, bucket splits among them, are in flight.
+    @Test("a trainer that reads the chain as it goes counts exactly", arguments: [1, Trainer.Configuration(consumer: "default").cacheBytes])
+    func readsUnderWriteBehind(cacheBytes: Int) async throws {
         var harness = try ChainHarness()
         defer { harness.redis.shutdown() }
-        harness.cacheBytes = 1
         let guild = ChainHarness.newGuild()
-        let texts = corpus(messages: 1500, seed: 43)
+        let texts = corpus(messages: 3000, seed: 43, vocabulary: (0..<1500).map { "w\($0)" })
         var model = ChainModel(stateSize: 2)
         for text in texts { model.add(text) }
-        // Full batches on the bulk lane: each batch's writes stay in flight while the next is read, loaded and merged.
-        try await harness.train(texts.enumerated().map { ChainHarness.create(guild, id: "m\($0)", $1) }, lane: .bulk)
+        let events = texts.enumerated().map { ChainHarness.create(guild, id: "m\($0)", $1) }
+        // A first trainer writes a tenth; the next one does not know the guild's chain.
+        try await harness.train(Array(events.prefix(300)), lane: .bulk)
+        harness.cacheBytes = cacheBytes
+        // Many small transactions per batch: the next batch's reads come while most of them are still to be sent.
+        harness.transitionsPerCall = 32
+        // Full batches on the bulk lane: each batch's writes stay in flight while the next is prepared.
+        try await harness.train(Array(events.dropFirst(300)), lane: .bulk)
         let totals = try await harness.store.totals(guild: guild)
         #expect(totals["messages"] == texts.count)
         #expect(totals["transitions"] == model.transitions)
+        #expect(totals["states"] == model.counts.count)
         #expect(totals["rebuilds", default: 0] > 0, "the corpus must exercise big states with alias tables")
         #expect(try await harness.counts(of: model, guild: guild) == model.counts)
         try await harness.delete(guild)

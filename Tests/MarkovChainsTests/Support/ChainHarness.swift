@@ -28,6 +28,8 @@ struct ChainHarness {
     let stateSize: Int
     /// The memory bound of the harness's trainers (`Trainer.Configuration.cacheBytes`).
     var cacheBytes = Trainer.Configuration(consumer: "default").cacheBytes
+    /// The size of the harness's trainers' write transactions (`Trainer.Configuration.transitionsPerCall`).
+    var transitionsPerCall = Trainer.Configuration(consumer: "default").transitionsPerCall
 
     /// A harness on the standalone server (`cluster: false`) or the 3-master cluster.
     init(cluster: Bool = false, stateSize: Int = 2, partitions: Int = 4) throws {
@@ -65,6 +67,7 @@ struct ChainHarness {
         configuration.leaseTTL = leaseTTL
         configuration.heartbeat = .milliseconds(100)
         configuration.cacheBytes = self.cacheBytes
+        configuration.transitionsPerCall = self.transitionsPerCall
         return Trainer(store: self.store, log: self.log, configuration: configuration, logger: Self.logger)
     }
 
