@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Scale benchmarks of training, driven against a scratch Redis by bench/run (prints key=value lines).
 
-  scale.py import URL MARKOV FILE            `markov train` of FILE into one fresh guild: wall time, the process's
+  scale.py import URL MARKOV FILE [FLAG…]    `markov train` of FILE (with FLAGs) into one fresh guild: wall time, the process's
                                              CPU and peak RSS, Redis's CPU, training commands over 5 ms (SLOWLOG),
                                              the average transaction (EXEC) time, Redis memory per message.
   scale.py during URL MARKOV CHAINBENCH GATEWAYBENCH FILE
@@ -102,12 +102,12 @@ def environment(target, partitions=None):
     return env
 
 
-def do_import(url, markov, path):
+def do_import(url, markov, path, *flags):
     redis = Redis(url)
     redis.flush()
     redis.reset_stats()
     cpu = redis.cpu()
-    wall, own, rss, _ = timed([markov, 'train', '--guild', '1', path], environment(url))
+    wall, own, rss, _ = timed([markov, 'train', '--guild', '1', path, *flags], environment(url))
     redis_cpu = redis.cpu() - cpu
     calls, usec = redis.exec_stats()
     messages, transitions = redis.meta(1, 'messages'), redis.meta(1, 'count')
@@ -198,7 +198,7 @@ def trainers(target, markov, path, count):
 
 if __name__ == '__main__':
     mode = sys.argv[1] if len(sys.argv) > 1 else ''
-    if mode == 'import' and len(sys.argv) == 5:
+    if mode == 'import' and len(sys.argv) >= 5:
         do_import(*sys.argv[2:])
     elif mode == 'during' and len(sys.argv) == 7:
         during(*sys.argv[2:])

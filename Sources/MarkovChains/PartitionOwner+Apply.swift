@@ -479,7 +479,24 @@ extension PartitionOwner {
             }
             if !messages.isEmpty { loadable.append((chain, messages)) }
         }
-        if !loadable.isEmpty { try await self.load(loadable) }
+        // A guild whose stored chain cannot be read is not written: its entries go to the dead letters with the
+        // reason (and the damaged state named), the other guilds go on, and its chain is read afresh next time.
+        var done = Set(runs.flatMap { $0.items.map(\.entry.id) })
+        if !loadable.isEmpty {
+            for (guild, reason) in try await self.load(loadable) {
+                self.logger.error(
+                    "guild's stored chain cannot be read; its entries go to the dead letters",
+                    metadata: ["trainer.partition": "\(self.partition)", "guild": "\(guild)", "error": "\(reason)"]
+                )
+                self.drop(guild)
+                for run in runs where run.guild == guild {
+                    for item in run.items {
+                        try await self.deadLetter(item.entry, lane: lane, reason: "the guild's stored chain cannot be read: \(reason)")
+                        done.remove(item.entry.id)
+                    }
+                }
+            }
+        }
         // 3. Merge and encode, in calls of bounded size.
         var calls: [WriteCall] = []
         for (run, plan) in zip(runs, plans) {
@@ -495,7 +512,7 @@ extension PartitionOwner {
         } else {
             try await self.send(calls, lane: lane)
         }
-        return runs.flatMap { $0.items.map(\.entry.id) }
+        return runs.flatMap { $0.items.map(\.entry.id) }.filter(done.contains)
     }
 
     /// The write calls of one guild's plan: its messages in order, cut after every `transitionsPerCall`
@@ -659,8 +676,9 @@ extension PartitionOwner {
         }
     }
 
-    /// Reads the states the chains do not know, for the messages about to be learnt or forgotten.
-    mutating func load(_ work: [(GuildChain, [[String]])]) async throws(RedisError) {
+    /// Reads the states the chains do not know, for the messages about to be learnt or forgotten. Returns the
+    /// guilds whose stored chain cannot be read, with the reason (the rest are loaded).
+    mutating func load(_ work: [(GuildChain, [[String]])]) async throws(RedisError) -> [Snowflake: String] {
         // One HMGET per bucket and step: a state that a split in flight moves is looked for in each bucket it
         // passes through, in the order the splits go (``GuildChain/readLocations(text:hash:)``).
         var reads: [(step: Int, chain: GuildChain, location: GuildChain.Location, states: [(StateKey, [UInt8])])] = []
@@ -683,7 +701,7 @@ extension PartitionOwner {
             }
             if !keys.isEmpty { wanted.append((chain, keys)) }
         }
-        guard !reads.isEmpty else { return }
+        guard !reads.isEmpty else { return [:] }
         reads.sort { $0.step < $1.step }
         let stateReplies = await self.redis.pipeline(reads.map { read in
             RedisCommand("HMGET", [.string(read.chain.keys.key(read.location.suffix))] + read.states.map { .bytes($0.1) })
@@ -695,19 +713,19 @@ extension PartitionOwner {
                 if let bytes = value.bytes { found[ObjectIdentifier(read.chain), default: [:]][key] = bytes }
             }
         }
+        var damaged: [Snowflake: String] = [:]
         var bigs: [(GuildChain, StateKey)] = []
         for (chain, keys) in wanted {
             let values = found[ObjectIdentifier(chain)] ?? [:]
-            for key in keys {
-                do {
-                    try chain.load(key, value: values[key])
-                } catch {
-                    throw RedisError(.protocolError, error.description)
-                }
+            do throws(ChainDataError) {
+                for key in keys { try chain.load(key, value: values[key]) }
+            } catch {
+                damaged[chain.guild] = error.description
+                continue
             }
             for key in chain.bigStatesToRead(keys) { bigs.append((chain, key)) }
         }
-        guard !bigs.isEmpty else { return }
+        guard !bigs.isEmpty else { return damaged }
         var bigCommands: [RedisCommand] = []
         for (chain, key) in bigs {
             let text = chain.text(of: key)
@@ -716,18 +734,19 @@ extension PartitionOwner {
             bigCommands.append(RedisCommand("HGETALL", .string(chain.keys.key(ChainKeys.changesSuffix(text)))))
         }
         let replies = await self.redis.pipeline(bigCommands)
-        for (index, (chain, key)) in bigs.enumerated() {
+        for (index, (chain, key)) in bigs.enumerated() where damaged[chain.guild] == nil {
             let blob = try replies[3 * index].get().bytes
             let units = try replies[3 * index + 1].get().bytes
             let flat = try replies[3 * index + 2].get().array ?? []
             var changes: [([UInt8], [UInt8])] = []
             for at in stride(from: 0, to: flat.count - 1, by: 2) { changes.append((flat[at].bytes ?? [], flat[at + 1].bytes ?? [])) }
-            do {
+            do throws(ChainDataError) {
                 try chain.loadBig(key, blob: blob, units: units, changes: changes)
             } catch {
-                throw RedisError(.protocolError, error.description)
+                damaged[chain.guild] = error.description
             }
         }
+        return damaged
     }
 }
 

@@ -70,7 +70,9 @@ extension PartitionOwner {
             }
             guard !effects.isEmpty else { continue }
             plan.items = [(StreamID(milliseconds: 0, sequence: 0), effects)]
-            if !chain.isComplete { try await self.load([(chain, messages)]) }
+            if !chain.isComplete, let reason = try await self.load([(chain, messages)])[chain.guild] {
+                throw RedisError(.protocolError, reason)
+            }
             try await self.send(self.encode(plan, chain: chain, lane: lane, marking: false, statistics: &statistics), lane: lane)
         } while cursor != "0"
         self.logger.info("user forgotten", metadata: ["guild": "\(chain.guild)", "user": "\(user)", "messages": "\(forgotten)"])

@@ -23,6 +23,9 @@ struct ChainStoreTests {
         #expect(totals["rebuilds", default: 0] > 0, "the corpus must exercise big states with alias tables")
         let stored = try await harness.counts(of: model, guild: guild)
         #expect(stored == model.counts)
+        let check = try await ChainCheck(redis: harness.redis, guild: guild, stateSize: 2).run()
+        #expect(check.problems == [])
+        #expect(check.states == model.counts.count && check.transitions == model.transitions)
         try await harness.delete(guild)
     }
 
@@ -51,6 +54,7 @@ struct ChainStoreTests {
         #expect(totals["states"] == model.counts.count)
         #expect(totals["rebuilds", default: 0] > 0, "the corpus must exercise big states with alias tables")
         #expect(try await harness.counts(of: model, guild: guild) == model.counts)
+        #expect(try await ChainCheck(redis: harness.redis, guild: guild, stateSize: 2).run().problems == [])
         try await harness.delete(guild)
     }
 
@@ -341,6 +345,41 @@ struct ChainStoreTests {
         #expect(last.map { String(decoding: $0.fields["f.id"] ?? [], as: UTF8.self) } == "p1")
         #expect(try await harness.store.totals(guild: guild)["messages"] == 3, "the neighbours were applied")
         try await harness.delete(guild)
+    }
+
+    @Test("a guild whose stored chain is damaged has its entries dead-lettered with the reason; other guilds go on")
+    func damagedChain() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        // The same partition, so that both guilds share batches.
+        var other = ChainHarness.newGuild()
+        while harness.log.keys.partition(of: other) != harness.log.keys.partition(of: guild) { other = ChainHarness.newGuild() }
+        // Sixty successors of "w0 w0": a big state, with an alias blob.
+        try await harness.train((0..<60).map { ChainHarness.create(guild, id: "b\($0)", "w0 w0 s\($0)") })
+        let big = "w0 w0"
+        #expect(try await harness.redis.send(RedisCommand("SISMEMBER", .string("{g:\(guild.rawValue)}:bigs"), .string(big))).int == 1)
+        // An increment that points into no token's entry.
+        try await harness.redis.send(RedisCommand("APPEND", .string("{g:\(guild.rawValue)}:u:\(big)"), .bytes([0xFF, 0xFF, 0xFF, 0x7F])))
+        let deadLetters = harness.log.keys.deadLetters(harness.log.keys.partition(of: guild))
+        let before = try await harness.redis.send(RedisCommand("XLEN", .string(deadLetters))).int ?? 0
+        // A new trainer reads the state on first use.
+        let stats = try await harness.train([
+            ChainHarness.create(guild, id: "d1", "w0 w0 again"),
+            ChainHarness.create(other, id: "o1", "the other guild is learnt"),
+        ])
+        #expect(stats.deadLetters == 1)
+        #expect((try await harness.redis.send(RedisCommand("XLEN", .string(deadLetters))).int ?? 0) == before + 1)
+        let entries = try await harness.redis.send(RedisCommand("XRANGE", .string(deadLetters), "-", "+"))
+        let reason = EventLog.entries(entries).last.map { String(decoding: $0.fields["reason"] ?? [], as: UTF8.self) } ?? ""
+        #expect(reason.contains("stored chain cannot be read") && reason.contains("\"\(big)\"") && reason.contains("increment of no token"), "\(reason)")
+        #expect(try await harness.store.totals(guild: other)["messages"] == 1, "the other guild was applied")
+        #expect(try await harness.store.totals(guild: guild)["messages"] == 60, "nothing was written to the damaged guild")
+        // The check of the whole chain finds the same damage, and only it.
+        let problems = try await ChainCheck(redis: harness.redis, guild: guild, stateSize: 2).run().problems
+        #expect(problems.count == 2 && problems.contains { $0.contains("increment of no token") }, "\(problems)")
+        try await harness.delete(guild)
+        try await harness.delete(other)
     }
 
     @Test("an edit applied before its create (a backfill reading an edited message late) leaves the edited text learnt")

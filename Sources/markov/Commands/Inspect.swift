@@ -14,6 +14,8 @@ struct Inspect: AsyncParsableCommand {
 
     @Option(help: "The guild (Discord id).") var guild: String
     @Option(help: "A state, its words separated by single spaces.") var state: String?
+    @Flag(help: "Read the guild's whole chain and check it: layout, bucket placement, alias tables, and the totals against the meta (run it while the guild is idle; exits 1 on a problem).")
+    var check = false
 
     func run() async throws {
         LoggingSetup.once
@@ -21,6 +23,10 @@ struct Inspect: AsyncParsableCommand {
         let context = try await RoleContext(options: self.options, label: "markov.inspect")
         defer { context.redis.shutdown() }
         try await context.store.prepare()
+        if self.check {
+            try await self.checkChain(guild, context: context)
+            return
+        }
         guard let state = self.state else {
             let totals = try await context.store.totals(guild: guild)
             print("guild \(guild)")
@@ -39,5 +45,24 @@ struct Inspect: AsyncParsableCommand {
             print("  \(token.isEmpty ? "<end>" : token)  \(count)  (\(total > 0 ? count * 100 / total : 0)%)")
         }
         for (name, value) in table.sampling { print("  \(name): \(value)") }
+    }
+
+    private func checkChain(_ guild: Snowflake, context: RoleContext) async throws {
+        let check = ChainCheck(redis: context.redis, guild: guild, stateSize: context.configuration.stateSize)
+        let meter = ProgressMeter(label: "checking guild \(guild)", total: 0, unit: "bucket hashes")
+        var read = (0, 0)
+        let report = try await check.run { done, total in
+            read = (done, total)
+            meter.update(done, total: total)
+        }
+        meter.finish(read.0, total: read.1)
+        print("guild \(guild): \(report.states) states (\(report.bigStates) big), \(report.transitions) distinct transitions, count \(report.count)")
+        if report.problems.isEmpty {
+            print("no problems found")
+            return
+        }
+        for problem in report.problems { print("  problem: \(problem)") }
+        if report.unlisted > 0 { print("  and \(report.unlisted) more") }
+        throw ExitCode(1)
     }
 }

@@ -24,6 +24,12 @@ struct Train: AsyncParsableCommand {
     @Option(help: "The guild (Discord id) to train.") var guild: String
     @Argument(help: "History files.") var files: [String]
     @Flag(help: "Only append to the stream; leave applying to running trainers.") var noApply = false
+    @Option(help: "Memory for the chain the trainer in this process keeps, in MiB (approximate; as `markov trainer --cache-mb`).")
+    var cacheMB = 512
+
+    func validate() throws {
+        guard self.cacheMB >= 0 else { throw ValidationError("--cache-mb must not be negative") }
+    }
 
     func run() async throws {
         LoggingSetup.once
@@ -64,7 +70,7 @@ struct Train: AsyncParsableCommand {
             meter.finish(total, total: total)
             return total
         }
-        let total = noApply ? try await import_() : try await context.withOwner(of: [guild], import_)
+        let total = noApply ? try await import_() : try await context.withOwner(of: [guild], cacheMB: self.cacheMB, import_)
         guard !noApply else { return }
         let totals = try await context.store.totals(guild: guild)
         let learnt = totals["messages", default: 0] - before

@@ -97,8 +97,9 @@ enum LoggingSetup {
 extension RoleContext {
     /// A trainer for the partitions of `guilds` that takes each partition only while no running trainer owns it:
     /// what lets `markov train`, `forget-user` and the like work alone as well as beside running trainers.
-    func helperTrainer(for guilds: [Snowflake]) -> MarkovChains.Trainer {
+    func helperTrainer(for guilds: [Snowflake], cacheMB: Int? = nil) -> MarkovChains.Trainer {
         var configuration = MarkovChains.Trainer.Configuration(consumer: Self.consumerName(role: "helper"))
+        if let cacheMB { configuration.cacheBytes = cacheMB << 20 }
         configuration.partitions = self.configuration.partitions
         configuration.commandPrefix = self.configuration.commandPrefix
         configuration.helperPartitions = Set(guilds.map { self.log.keys.partition(of: $0) })
@@ -108,8 +109,10 @@ extension RoleContext {
     }
 
     /// Runs `body` while a helper trainer (``helperTrainer(for:)``) applies the guilds' partitions if nobody does.
-    func withOwner<Result: Sendable>(of guilds: [Snowflake], _ body: @escaping @Sendable () async throws -> Result) async throws -> Result {
-        let trainer = self.helperTrainer(for: guilds)
+    func withOwner<Result: Sendable>(
+        of guilds: [Snowflake], cacheMB: Int? = nil, _ body: @escaping @Sendable () async throws -> Result
+    ) async throws -> Result {
+        let trainer = self.helperTrainer(for: guilds, cacheMB: cacheMB)
         return try await withThrowingTaskGroup(of: Result?.self) { group in
             group.addTask {
                 try await trainer.run()
