@@ -82,6 +82,14 @@ public final class GatewayService: Service, Sendable {
         return (runners.filter(\.isReady).count, runners.count)
     }
 
+    /// Records the shards this process holds and how many are ready (`markov_gateway_shards`,
+    /// `markov_gateway_shards_ready`); the role calls it at each scrape, with its readiness check.
+    public func recordShardStates() {
+        let (ready, total) = self.readiness
+        GatewayMetrics.shards.record(total)
+        GatewayMetrics.shardsReady.record(ready)
+    }
+
     public var statistics: Statistics {
         var statistics = Statistics()
         for runner in self.runners.withLock({ $0 }) {
@@ -100,6 +108,7 @@ public final class GatewayService: Service, Sendable {
     }
 
     public func run() async throws {
+        GatewayMetrics.register()
         let plan = try await self.plan()
         self.logger.info(
             "starting shards",

@@ -390,4 +390,11 @@ enum GatewayMetrics {
     static let appended = Counter(label: "markov_gateway_events_appended_total")
     static let appendFailures = Counter(label: "markov_gateway_append_failures_total")
     static let identifiesLeft = Gauge(label: "markov_gateway_identifies_left")
+    static let shards = Gauge(label: "markov_gateway_shards")
+    static let shardsReady = Gauge(label: "markov_gateway_shards_ready")
+
+    /// Creates every counter at 0 (rate() and increase() see the first event).
+    static func register() {
+        for counter in [connects, identifies, resumes, dispatches, skipped, zombies, appended, appendFailures] { counter.increment(by: 0) }
+    }
 }

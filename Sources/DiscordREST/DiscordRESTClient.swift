@@ -177,6 +177,13 @@ public final class RESTCounters: Sendable {
 
     public init() {}
 
+    /// Creates the unlabelled series at 0, so that rate() and increase() see the first event; called by the role
+    /// once metrics are set up.
+    public static func registerMetrics() {
+        Counter(label: "markov_rest_rate_limited_total").increment(by: 0)
+        Counter(label: "markov_rest_bucket_wait_milliseconds_total").increment(by: 0)
+    }
+
     public var snapshot: Snapshot { self.state.withLock { $0 } }
 
     func count(status: Int) {

@@ -102,6 +102,9 @@ public final class Responder: Service, Sendable {
     private let running = Atomic<Bool>(false)
 
     public func run() async throws {
+        // The series exist from the start (rate() and increase() see the first failure or 429).
+        ResponderMetrics.failures.increment(by: 0)
+        RESTCounters.registerMetrics()
         try await self.log.ensureGroup(self.configuration.group)
         self.running.store(true, ordering: .relaxed)
         defer { self.running.store(false, ordering: .relaxed) }

@@ -1,3 +1,4 @@
+import CoreMetrics
 import MarkovCore
 import Redis
 
@@ -66,6 +67,9 @@ public struct ChainStore: Sendable {
         public var steps: [Step]
     }
 
+    /// The time of each generation call (`markov_generation_seconds`).
+    private static let generationTime = CoreMetrics.Timer(label: "markov_generation_seconds", preferredDisplayUnit: .seconds)
+
     /// Generates one sentence with one `FCALL_RO`.
     public func generate(guild: Snowflake, options: GenerationOptions = .init()) async throws(RedisError) -> Generation {
         // The generator in Redis is seeded with two halves of the seed, mixed first (SplitMix64's finaliser):
@@ -82,7 +86,10 @@ public struct ChainStore: Sendable {
             options.linearScan ? "linear" : "alias",
         ]
         arguments += options.seedWords.map { .string($0) }
+        let started = ContinuousClock.now
         let reply = try await self.call("markov_generate", guild: guild, arguments, readOnly: true)
+        let elapsed = (ContinuousClock.now - started).components
+        Self.generationTime.recordNanoseconds(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
         guard let parts = reply.array, parts.count == 4 else {
             throw RedisError(.protocolError, "markov_generate answered \(reply)")
         }

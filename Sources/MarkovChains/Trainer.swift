@@ -116,6 +116,7 @@ public final class Trainer: Service, Sendable {
     private let running = Atomic<Bool>(false)
 
     public func run() async throws {
+        TrainerMetrics.register()
         try await self.store.prepare()
         try await self.leases.prepare()
         try await self.log.ensureGroup(self.configuration.group, lanes: EventLog.Lane.allCases)
@@ -273,6 +274,13 @@ enum TrainerMetrics {
     static let writeCalls = Counter(label: "markov_trainer_write_calls_total")
     static let cacheBytes = Gauge(label: "markov_trainer_cache_bytes")
     static let cacheGuilds = Gauge(label: "markov_trainer_cache_guilds")
+    /// Creates every series at 0 (they are made on first use otherwise): a counter that first appears at 1 looks
+    /// unchanged to `increase()`, so the first dead letter would raise no alert.
+    static func register() {
+        for counter in [batches, entries, created, updated, deleted, skipped, transitions, guildsRemoved, deadLetters,
+                        aliasRebuilds, fenced, writeCalls] { counter.increment(by: 0) }
+    }
+
     static func owned(_ partition: Int) -> Gauge {
         Gauge(label: "markov_trainer_partition_owned", dimensions: [("partition", "\(partition)")])
     }

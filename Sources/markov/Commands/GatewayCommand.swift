@@ -70,6 +70,7 @@ struct Gateway: AsyncParsableCommand {
                     .init(service: RedisClientService(client: context.redis)),
                     context.observability([{
                         let (ready, total) = gateway.readiness
+                        gateway.recordShardStates()
                         return ("shards \(ready)/\(total)", total > 0 && ready == total)
                     }]),
                     .init(service: gateway, successTerminationBehavior: .gracefullyShutdownGroup,

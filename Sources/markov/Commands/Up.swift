@@ -77,6 +77,7 @@ struct Up: AsyncParsableCommand {
                 { ("responder", responder.isRunning) },
                 {
                     let (ready, total) = gateway.readiness
+                    gateway.recordShardStates()
                     return ("shards \(ready)/\(total)", total > 0 && ready == total)
                 },
             ]))
