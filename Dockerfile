@@ -61,6 +61,9 @@ EXPOSE 9090
 
 USER 10001:10001
 
+# Healthy while the role's /ready answers 200 (`markov probe` asks http://127.0.0.1:$MARKOV_HTTP_PORT/ready).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["/app/markov", "probe"]
+
 # Every role handles SIGTERM (the default stop signal) and shuts down gracefully.
 ENTRYPOINT ["/app/markov"]
 CMD ["--help"]
