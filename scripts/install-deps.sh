@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs, only those that are missing.
 set -euo pipefail
-packages=(redis-server redis-tools libhiredis-dev libcurl4-openssl-dev zlib1g-dev pkg-config)
+# prometheus: promtool and a real server for the monitoring tests (scripts/test-monitoring.sh).
+packages=(redis-server redis-tools libhiredis-dev libcurl4-openssl-dev zlib1g-dev pkg-config prometheus)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -82,6 +82,73 @@ extension GatewayIntegrationTests {
             return (response.status, String(decoding: response.body, as: UTF8.self))
         }
 
+        /// Asks every query of monitoring/dashboard.json of a real Prometheus that scrapes the roles (Debian's
+        /// `prometheus`, installed by make test; skipped with a note where it is missing): each must return data,
+        /// but for Redis's own metrics (redis_exporter, not run here) and Redis errors (a series per kind of
+        /// failure, made by the first one).
+        static func checkDashboard(jobs: [(name: String, port: Int)]) async throws {
+            guard let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].first(where: FileManager.default.isExecutableFile)
+            else {
+                print("note: prometheus is not installed; the dashboard's queries were not run")
+                return
+            }
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("markov-prometheus-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            var config = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n"
+            for job in jobs {
+                config += "  - job_name: \(job.name)\n    static_configs: [{targets: [\"127.0.0.1:\(job.port)\"]}]\n"
+            }
+            try config.write(to: directory.appendingPathComponent("prometheus.yml"), atomically: true, encoding: .utf8)
+            let port = try Self.freePort()
+            let prometheus = Process()
+            prometheus.executableURL = URL(fileURLWithPath: binary)
+            prometheus.arguments = [
+                "--config.file=\(directory.path)/prometheus.yml", "--storage.tsdb.path=\(directory.path)/data",
+                "--web.listen-address=127.0.0.1:\(port)",
+            ]
+            prometheus.standardOutput = FileHandle.nullDevice
+            prometheus.standardError = FileHandle.nullDevice
+            try prometheus.run()
+            defer {
+                prometheus.terminate()
+                prometheus.waitUntilExit()
+            }
+            func query(_ expression: String) async -> [Any]? {
+                var components = URLComponents(string: "http://127.0.0.1:\(port)/api/v1/query")!
+                components.queryItems = [URLQueryItem(name: "query", value: expression)]
+                // `+` stays literal in a query string; Prometheus would read it as a space.
+                let path = components.url!.absoluteString.replacingOccurrences(of: "+", with: "%2B")
+                guard let response = try? await CurlHTTPClient().perform(HTTPRequest(method: "GET", url: path, timeout: .seconds(5))),
+                      response.status == 200,
+                      let object = try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any],
+                      let data = object["data"] as? [String: Any]
+                else { return nil }
+                return data["result"] as? [Any]
+            }
+            try await GatewayHarness.eventually("Prometheus to scrape the roles", timeout: .seconds(60)) {
+                (await query("count(up == 1)")?.first as? [String: Any]).flatMap { ($0["value"] as? [Any])?.last as? String } == "\(jobs.count)"
+            }
+            // Rates need two samples in their window.
+            try await Task.sleep(for: .seconds(4))
+            let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+                .appendingPathComponent("monitoring/dashboard.json")
+            let dashboard = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: file)) as? [String: Any])
+            var asked = 0
+            var empty: [String] = []
+            for panel in dashboard["panels"] as? [[String: Any]] ?? [] {
+                for target in panel["targets"] as? [[String: Any]] ?? [] {
+                    guard let expression = target["expr"] as? String else { continue }
+                    if expression.contains("redis_") { continue }
+                    let resolved = expression.replacingOccurrences(of: "$__rate_interval", with: "30s").replacingOccurrences(of: "$job", with: "markov.*")
+                    asked += 1
+                    if await query(resolved)?.isEmpty != false { empty.append("\(panel["title"] ?? ""): \(expression)") }
+                }
+            }
+            #expect(asked >= 20, "the dashboard's queries were read")
+            #expect(empty == [], "dashboard queries without data")
+        }
+
         @Test("each role serves /health, /ready and /metrics; logs are JSON lines when asked; the token appears in no log line")
         func observability() async throws {
             let harness = try await GatewayHarness()
@@ -116,6 +183,17 @@ extension GatewayIntegrationTests {
             let ready = await Self.get(ports[0], "/ready")
             #expect(ready?.1.contains("shards 1/1 ok") == true, "\(ready?.1 ?? "")")
             #expect(ready?.1.contains("redis ok") == true)
+            // What a container platform runs: `markov probe` exits 0 for a ready role, 1 where nothing answers.
+            func probe(_ url: String) throws -> Int32 {
+                let process = try Self.start(["probe", url], fake: fake)
+                process.waitUntilExit()
+                return process.terminationStatus
+            }
+            for port in ports {
+                #expect(try probe("http://127.0.0.1:\(port)/ready") == 0)
+                #expect(await Self.get(port, "/metrics")?.1.contains("markov_ready 1") == true, "readiness is a metric too")
+            }
+            #expect(try probe("http://127.0.0.1:\(try Self.freePort())/ready") == 1)
             // Something to count: a message (learnt by nobody: the channel is not enabled) and a trigger.
             let guild = GatewayHarness.guild(onShard: 0, of: 1)
             let now = (UInt64(Date().timeIntervalSince1970 * 1000) - 1_420_070_400_000) << 22
@@ -130,6 +208,7 @@ extension GatewayIntegrationTests {
                     && responder.contains("markov_responder_replies_total") && responder.contains("markov_reply_latency_seconds")
                     && responder.contains("markov_rest_requests_total")
             }
+            try await Self.checkDashboard(jobs: [("markov-gateway", ports[0]), ("markov-trainer", ports[1]), ("markov-responder", ports[2])])
             for process in processes { kill(process.processIdentifier, SIGTERM) }
             for process in processes { process.waitUntilExit() }
             try await Task.sleep(for: .milliseconds(200))
