@@ -55,7 +55,9 @@ RUN groupadd --system --gid 10001 markov \
 WORKDIR /app
 COPY --from=build /staging/ /app/
 
-# The port of /health, /ready and /metrics (MARKOV_HTTP_PORT).
+# The address and port of /health, /ready and /metrics: every interface in a container, so that Prometheus and
+# the platform's probes reach them (the default outside one is 127.0.0.1).
+ENV MARKOV_HTTP_HOST=0.0.0.0
 ENV MARKOV_HTTP_PORT=9090
 EXPOSE 9090
 

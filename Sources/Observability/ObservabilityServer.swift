@@ -85,7 +85,7 @@ public enum Observability {
 
     /// The HTTP service for a role, on `host:port` (port 0: any free port, logged once bound).
     public static func server(
-        host: String = "0.0.0.0", port: Int, checks: [Check], logger: Logger
+        host: String = "127.0.0.1", port: Int, checks: [Check], logger: Logger
     ) -> some Service {
         let router = Router()
         router.get("health") { _, _ -> String in "ok\n" }

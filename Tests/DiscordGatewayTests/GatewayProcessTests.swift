@@ -221,7 +221,14 @@ extension GatewayIntegrationTests {
                     #expect(object?["level"] != nil && object?["message"] != nil, "not a JSON log line: \(line)")
                 }
                 #expect(!text.contains(fake.configuration.token), "the token leaked into \(roles[index][0])'s log")
+                #expect(text.contains("127.0.0.1:\(ports[index])"), "\(roles[index][0]) serves on the loopback address by default")
             }
+            // An address that cannot be listened on is refused with the setting's name.
+            let refused = Pipe()
+            let bad = try Self.start(["trainer"], fake: fake, environment: ["MARKOV_HTTP_HOST": "not an/address"], standardError: refused)
+            bad.waitUntilExit()
+            #expect(bad.terminationStatus != 0)
+            #expect(String(decoding: refused.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("MARKOV_HTTP_HOST"))
             await fake.stop()
         }
 

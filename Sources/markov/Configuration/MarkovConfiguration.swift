@@ -17,6 +17,7 @@ import Redis
 /// | `markov.prefix` | `MARKOV_PREFIX` | string: the command prefix | `!mark` |
 /// | `discord.global.limit` | `DISCORD_GLOBAL_LIMIT` | REST requests per second per token (Discord: 50, more by arrangement) | 50 |
 /// | `owner.ids` | `OWNER_IDS` | comma-separated user ids allowed every admin command | none |
+/// | `markov.http.host` | `MARKOV_HTTP_HOST` | address `/metrics`, `/health`, `/ready` listen on (`0.0.0.0`: every interface) | `127.0.0.1` |
 /// | `markov.http.port` | `MARKOV_HTTP_PORT` | port of `/metrics`, `/health`, `/ready` (0: any free port) | 9090 |
 /// | `log.level` | `LOG_LEVEL` | string | `info` |
 /// | `log.format` | `LOG_FORMAT` | `text` or `json` (one JSON object per line) | `text` |
@@ -41,7 +42,8 @@ struct MarkovConfiguration: Sendable {
     var discordGlobalLimit: Int
     /// Users allowed every admin command.
     var ownerIDs: Set<String>
-    /// Port of the metrics, health and readiness endpoints.
+    /// Address and port of the metrics, health and readiness endpoints.
+    var httpHost: String
     var httpPort: Int
     /// The log level.
     var logLevel: Logger.Level
@@ -75,6 +77,11 @@ struct MarkovConfiguration: Sendable {
         self.discordToken = config.string(forKey: "discord.token", isSecret: true)
         self.discordAPIURL = config.string(forKey: "discord.api.url", default: "https://discord.com/api/v10")
         self.discordGatewayURL = config.string(forKey: "discord.gateway.url")
+        // Loopback unless asked: the deployment files set 0.0.0.0 where Prometheus and the probes reach the role.
+        self.httpHost = config.string(forKey: "markov.http.host", default: "127.0.0.1").trimmingCharacters(in: .whitespaces)
+        guard !self.httpHost.isEmpty, !self.httpHost.contains(where: { $0 == "/" || $0 == " " }) else {
+            throw ConfigurationError("MARKOV_HTTP_HOST must be an address to listen on, such as 127.0.0.1 or 0.0.0.0")
+        }
         self.httpPort = config.int(forKey: "markov.http.port", default: 9090)
         guard (0...65535).contains(self.httpPort) else { throw ConfigurationError("MARKOV_HTTP_PORT must be a port number") }
         self.discordGlobalLimit = config.int(forKey: "discord.global.limit", default: 50)

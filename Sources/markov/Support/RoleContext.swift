@@ -60,7 +60,7 @@ extension RoleContext {
             let reply = try? await redis.send(RedisCommand("PING"))
             return ("redis", reply?.string == "PONG")
         }
-        return .init(service: Observability.server(port: self.configuration.httpPort, checks: [ping] + checks, logger: self.logger))
+        return .init(service: Observability.server(host: self.configuration.httpHost, port: self.configuration.httpPort, checks: [ping] + checks, logger: self.logger))
     }
 }
 
