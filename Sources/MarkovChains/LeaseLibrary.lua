@@ -48,6 +48,30 @@ local function release(keys, args)
     return 1
 end
 
+-- consumers_prune(stream; idle_ms) -> names removed: the consumers of every group of the stream that hold no pending
+-- entry and have been idle for idle_ms, so that departed members (their pending entries claimed by others) do not
+-- stay listed for ever. Atomic: a consumer that reads meanwhile is not removed with entries in hand. A live consumer
+-- that was only idle comes back with its next read.
+local function prune(keys, args)
+    local idle = tonumber(args[1])
+    local removed = {}
+    if redis.call('EXISTS', keys[1]) == 0 then return removed end
+    for _, group in ipairs(redis.call('XINFO', 'GROUPS', keys[1])) do
+        local name
+        for i = 1, #group, 2 do if group[i] == 'name' then name = group[i + 1] end end
+        for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', keys[1], name)) do
+            local fields = {}
+            for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
+            if fields['pending'] == 0 and fields['idle'] >= idle then
+                redis.call('XGROUP', 'DELCONSUMER', keys[1], name, fields['name'])
+                table.insert(removed, name .. ' ' .. fields['name'])
+            end
+        end
+    end
+    return removed
+end
+
+redis.register_function('consumers_prune', prune)
 redis.register_function('lease_heartbeat', heartbeat)
 redis.register_function('lease_acquire', acquire)
 redis.register_function('lease_renew', renew)

@@ -33,6 +33,15 @@ public struct LeaseTable: Sendable {
         try await self.redis.load(ChainLibrary.leases)
     }
 
+    /// Removes the consumers of every group of `stream` that hold no pending entry and have been idle for `idle`
+    /// (departed processes, whose entries others claimed); returns them as `group consumer`.
+    public func pruneConsumers(of stream: String, idle: Duration) async throws(RedisError) -> [String] {
+        let reply = try await self.redis.call(
+            "consumers_prune", in: ChainLibrary.leases, keys: [.string(stream)], arguments: [.integer(EventLog.milliseconds(idle))]
+        )
+        return (reply.array ?? []).compactMap(\.string)
+    }
+
     /// Registers (or renews) `member` for `ttl`; returns the live members, sorted.
     public func heartbeat(member: String, ttl: Duration) async throws(RedisError) -> [String] {
         let reply = try await self.redis.call(

@@ -134,6 +134,16 @@ struct PartitionOwner {
         if trimmed > 0 {
             self.logger.debug("trimmed", metadata: ["trainer.partition": "\(self.partition)", "trainer.entries": "\(trimmed)"])
         }
+        for lane in EventLog.Lane.allCases {
+            let stream = self.log.keys.stream(self.partition, lane: lane)
+            let removed = try await self.trainer.leases.pruneConsumers(of: stream, idle: self.configuration.consumerIdle)
+            if !removed.isEmpty {
+                self.logger.info(
+                    "removed departed consumers",
+                    metadata: ["trainer.partition": "\(self.partition)", "stream": "\(stream)", "consumers": "\(removed.joined(separator: ", "))"]
+                )
+            }
+        }
     }
 
     /// Forgets every chain (after a failure, or when the partition goes).

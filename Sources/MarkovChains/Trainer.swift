@@ -36,8 +36,11 @@ public final class Trainer: Service, Sendable {
         public var claimAfter: Duration = .seconds(10)
         /// How often to look for such entries.
         public var claimEvery: Duration = .seconds(5)
-        /// How often to trim consumed entries from the streams.
+        /// How often to trim consumed entries from the streams (and remove departed consumers).
         public var trimEvery: Duration = .seconds(60)
+        /// A consumer of a partition's streams (any group) with nothing pending and idle this long is removed from
+        /// the group when the owner trims: departed trainers and responders do not stay listed for ever.
+        public var consumerIdle: Duration = .seconds(3600)
         /// Messages starting with this are commands, not conversation.
         public var commandPrefix = "!mark"
         /// Deadline of a batch's write calls.

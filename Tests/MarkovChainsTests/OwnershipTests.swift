@@ -23,6 +23,51 @@ struct OwnershipTests {
         #expect(moved.count <= 7, "a third member takes about a third: \(moved.count) moved")
     }
 
+    @Test("departed consumers are removed from every group of an owned partition's streams; one with entries in hand is not")
+    func departedConsumers() async throws {
+        let harness = try ChainHarness(partitions: 4)
+        defer { harness.redis.shutdown() }
+        try await harness.train([])
+        try await harness.log.ensureGroup("responders")
+        let stream = harness.log.keys.stream(1, lane: .live)
+        func consumers(_ group: String) async throws -> [String: Int] {
+            var result: [String: Int] = [:]
+            for consumer in try await harness.redis.send(RedisCommand("XINFO", "CONSUMERS", .string(stream), .string(group))).array ?? [] {
+                let flat = consumer.array ?? []
+                var fields: [String: RedisReply] = [:]
+                for index in stride(from: 0, to: flat.count - 1, by: 2) { fields[flat[index].string ?? ""] = flat[index + 1] }
+                if let name = fields["name"]?.string { result[name] = fields["pending"]?.int ?? 0 }
+            }
+            return result
+        }
+        // Two departed processes (one per group), and one that holds an entry it has not acknowledged.
+        try await harness.redis.send(RedisCommand("XGROUP", "CREATECONSUMER", .string(stream), "trainers", "trainer-gone"))
+        try await harness.redis.send(RedisCommand("XGROUP", "CREATECONSUMER", .string(stream), "responders", "responder-gone"))
+        try await harness.redis.send(RedisCommand("XADD", .string(stream), "*", "k", "interaction"))
+        try await harness.redis.send(RedisCommand("XREADGROUP", "GROUP", "responders", "responder-busy", "COUNT", "1", "STREAMS", .string(stream), ">"))
+        try await Task.sleep(for: .milliseconds(100))
+        let leases = LeaseTable(redis: harness.redis, group: "trainers", count: 4)
+        try await leases.prepare()
+        #expect(try await leases.pruneConsumers(of: stream, idle: .seconds(3600)) == [], "nobody has been idle for an hour")
+        let removed = try await leases.pruneConsumers(of: stream, idle: .milliseconds(50))
+        #expect(Set(removed).isSuperset(of: ["trainers trainer-gone", "responders responder-gone"]), "\(removed)")
+        #expect(!removed.contains("responders responder-busy"))
+        #expect(try await consumers("responders")["responder-busy"] == 1, "the consumer with an entry in hand stays, with it")
+        // An owner does the same when it trims.
+        try await harness.redis.send(RedisCommand("XGROUP", "CREATECONSUMER", .string(stream), "trainers", "trainer-gone-2"))
+        try await Task.sleep(for: .milliseconds(100))
+        let trainer = harness.trainer { configuration in
+            configuration.trimEvery = .milliseconds(100)
+            configuration.consumerIdle = .milliseconds(50)
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await trainer.run() }
+            try await Self.wait("the owner removes the departed trainer", seconds: 20) { try await consumers("trainers")["trainer-gone-2"] == nil }
+            group.cancelAll()
+        }
+        #expect(try await consumers("trainers")["trainer-gone-2"] == nil, "the owner removed the departed trainer")
+    }
+
     @Test("a write from an owner whose epoch is older than the guild's is refused, atomically")
     func fencedWrites() async throws {
         let harness = try ChainHarness()

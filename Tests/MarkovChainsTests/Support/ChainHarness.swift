@@ -57,7 +57,10 @@ struct ChainHarness {
         ChainEvent(kind: .create, source: source, guildID: guild, channelID: Snowflake("7"), messageID: id, authorID: Snowflake(author), content: text)
     }
 
-    func trainer(consumer: String = "test-\(UUID().uuidString)", leaseTTL: Duration = .seconds(3)) -> Trainer {
+    func trainer(
+        consumer: String = "test-\(UUID().uuidString)", leaseTTL: Duration = .seconds(3),
+        configure: (inout Trainer.Configuration) -> Void = { _ in }
+    ) -> Trainer {
         var configuration = Trainer.Configuration(consumer: consumer)
         configuration.partitions = self.log.keys.partitions
         configuration.block = .milliseconds(100)
@@ -68,6 +71,7 @@ struct ChainHarness {
         configuration.heartbeat = .milliseconds(100)
         configuration.cacheBytes = self.cacheBytes
         configuration.transitionsPerCall = self.transitionsPerCall
+        configure(&configuration)
         return Trainer(store: self.store, log: self.log, configuration: configuration, logger: Self.logger)
     }
 
