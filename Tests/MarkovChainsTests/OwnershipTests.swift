@@ -40,21 +40,26 @@ struct OwnershipTests {
             }
             return result
         }
-        // Two departed processes (one per group), and one that holds an entry it has not acknowledged.
-        try await harness.redis.send(RedisCommand("XGROUP", "CREATECONSUMER", .string(stream), "trainers", "trainer-gone"))
-        try await harness.redis.send(RedisCommand("XGROUP", "CREATECONSUMER", .string(stream), "responders", "responder-gone"))
-        try await harness.redis.send(RedisCommand("XADD", .string(stream), "*", "k", "interaction"))
-        try await harness.redis.send(RedisCommand("XREADGROUP", "GROUP", "responders", "responder-busy", "COUNT", "1", "STREAMS", .string(stream), ">"))
+        // Two departed processes (one per group), and one that holds an entry it has not acknowledged (names of
+        // this run: the servers outlive a test run).
+        let run = UUID().uuidString.prefix(8)
+        let (trainerGone, responderGone, busy, trainerGone2) = ("trainer-gone-\(run)", "responder-gone-\(run)", "responder-busy-\(run)", "trainer-gone-2-\(run)")
+        try await harness.redis.send(RedisCommand("XGROUP", "CREATECONSUMER", .string(stream), "trainers", .string(trainerGone)))
+        try await harness.redis.send(RedisCommand("XGROUP", "CREATECONSUMER", .string(stream), "responders", .string(responderGone)))
+        var guild = ChainHarness.newGuild()
+        while harness.log.keys.partition(of: guild) != 1 { guild = ChainHarness.newGuild() }
+        try await harness.log.append([ChainEvent(kind: .interaction, source: .gateway, guildID: guild)])
+        try await harness.redis.send(RedisCommand("XREADGROUP", "GROUP", "responders", .string(busy), "COUNT", "1", "STREAMS", .string(stream), ">"))
         try await Task.sleep(for: .milliseconds(100))
         let leases = LeaseTable(redis: harness.redis, group: "trainers", count: 4)
         try await leases.prepare()
         #expect(try await leases.pruneConsumers(of: stream, idle: .seconds(3600)) == [], "nobody has been idle for an hour")
         let removed = try await leases.pruneConsumers(of: stream, idle: .milliseconds(50))
-        #expect(Set(removed).isSuperset(of: ["trainers trainer-gone", "responders responder-gone"]), "\(removed)")
-        #expect(!removed.contains("responders responder-busy"))
-        #expect(try await consumers("responders")["responder-busy"] == 1, "the consumer with an entry in hand stays, with it")
+        #expect(Set(removed).isSuperset(of: ["trainers \(trainerGone)", "responders \(responderGone)"]), "\(removed)")
+        #expect(!removed.contains("responders \(busy)"))
+        #expect(try await consumers("responders")[busy] == 1, "the consumer with an entry in hand stays, with it")
         // An owner does the same when it trims.
-        try await harness.redis.send(RedisCommand("XGROUP", "CREATECONSUMER", .string(stream), "trainers", "trainer-gone-2"))
+        try await harness.redis.send(RedisCommand("XGROUP", "CREATECONSUMER", .string(stream), "trainers", .string(trainerGone2)))
         try await Task.sleep(for: .milliseconds(100))
         let trainer = harness.trainer { configuration in
             configuration.trimEvery = .milliseconds(100)
@@ -62,10 +67,11 @@ struct OwnershipTests {
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await trainer.run() }
-            try await Self.wait("the owner removes the departed trainer", seconds: 20) { try await consumers("trainers")["trainer-gone-2"] == nil }
+            try await Self.wait("the owner removes the departed trainer", seconds: 20) { try await consumers("trainers")[trainerGone2] == nil }
             group.cancelAll()
         }
-        #expect(try await consumers("trainers")["trainer-gone-2"] == nil, "the owner removed the departed trainer")
+        #expect(try await consumers("trainers")[trainerGone2] == nil, "the owner removed the departed trainer")
+        try await harness.redis.send(RedisCommand("XGROUP", "DELCONSUMER", .string(stream), "responders", .string(busy)))
     }
 
     @Test("a write from an owner whose epoch is older than the guild's is refused, atomically")
