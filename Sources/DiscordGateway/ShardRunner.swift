@@ -5,6 +5,7 @@ import MarkovCore
 import CoreMetrics
 import NIOCore
 import NIOWebSocket
+import Redis
 import Synchronization
 import WSClient
 
@@ -347,7 +348,8 @@ final class ShardRunner: Sendable {
             let wait = self.budget.withLock { $0.reserve(at: .now) }
             if wait == .zero { break }
             self.logger.debug("send budget exhausted; waiting", metadata: ["wait": "\(wait)"])
-            try? await Task.sleep(for: wait)
+            // Cancelled: the connection is going; nothing is sent (a cancelled sleep would spin here).
+            guard await Backoff.sleep(wait) else { return }
         }
         do {
             try await outbound.write(.text(command.json))
@@ -361,7 +363,7 @@ final class ShardRunner: Sendable {
         let clock = ContinuousClock()
         let end = clock.now.advanced(by: duration)
         while !self.stopping.load(ordering: .relaxed), clock.now < end {
-            try? await Task.sleep(for: min(.milliseconds(100), end - clock.now))
+            guard await Backoff.sleep(min(.milliseconds(100), end - clock.now)) else { return }
         }
     }
 

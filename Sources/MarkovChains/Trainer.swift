@@ -214,18 +214,6 @@ public final class Trainer: Service, Sendable {
     }
 }
 
-extension Backoff {
-    /// Sleeps `duration`; `false` when cancelled.
-    static func sleep(_ duration: Duration) async -> Bool {
-        do {
-            try await Task.sleep(for: duration)
-            return true
-        } catch {
-            return false
-        }
-    }
-}
-
 /// The trainer's view of one partition it owns: its epoch, until when its lease is surely still valid, and whether
 /// it was asked to stop.
 final class PartitionHandle: Sendable {

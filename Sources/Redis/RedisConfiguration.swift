@@ -161,6 +161,17 @@ public struct Backoff: Sendable, Hashable {
         self.maximum = maximum
     }
 
+    /// Sleeps `duration`; `false` when the task is cancelled (at once, or during the sleep). Loops that wait
+    /// between attempts stop on `false` instead of going round again without waiting.
+    public static func sleep(_ duration: Duration) async -> Bool {
+        do {
+            try await Task.sleep(for: duration)
+            return true
+        } catch {
+            return false
+        }
+    }
+
     /// The longest wait of attempt `attempt` (0-based), before jitter.
     public func ceiling(attempt: Int) -> Duration {
         let factor = 1 << min(max(attempt, 0), 30)
