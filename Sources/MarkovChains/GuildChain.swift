@@ -62,13 +62,8 @@ final class GuildChain {
     private var landedShape: LinearHashing
     private var shapesInFlight: [(batch: UInt64, shape: LinearHashing)] = []
 
-    /// The last batch whose writes are known to have landed: a state written by a later one (still in flight) is
-    /// not forgotten, since a read of it now could miss those writes.
-    private var landedBatch: UInt64 = 0
-
     /// The writes of batches up to `batch` went through: what they wrote is in Redis now.
     func settled(through batch: UInt64) {
-        self.landedBatch = max(self.landedBatch, batch)
         while let first = self.shapesInFlight.first, first.batch <= batch {
             self.landedShape = first.shape
             self.shapesInFlight.removeFirst()
@@ -244,35 +239,34 @@ final class GuildChain {
 
     // MARK: Memory
 
-    /// Forgets states not used since the last eviction pass (never a changed one, nor one whose writes may still
-    /// be in flight), until the chain's size falls to `target` bytes, nothing more can go, or `visits` states were
-    /// looked at (so that one pass stays short; the next batch's pass goes on). The chain is no longer complete; its
-    /// Bloom filter, if it has one, still tells which states are new.
-    func evict(toBytes target: Int, visits: Int = 400_000) {
+    /// Forgets states not used since the last eviction (and never a changed one), until the chain's size falls to
+    /// `target` bytes or nothing more can go. The chain is no longer complete; its Bloom filter, if it has one,
+    /// still tells which states are new.
+    func evict(toBytes target: Int) {
         guard self.bytes > target else { return }
-        var victims: [StateKey] = []
+        var forgotten = 0
         var freed = 0
-        var visited = 0
         let excess = self.bytes - target
-        for (key, node) in self.states {
-            visited += 1
-            if visited > visits { break }
-            guard !node.isDirty, node.writtenIn <= self.landedBatch else { continue }
+        for (key, node) in self.states where !node.isDirty {
             if node.isUsed {
                 node.isUsed = false
                 continue
             }
-            victims.append(key)
+            node.isForgotten = true
+            forgotten += 1
             freed += node.bytes
+            if !self.uncompacted.isEmpty { self.uncompacted.remove(key) }
             if freed >= excess { break }
         }
-        // Removed by key after the walk (not during it, which would copy the table), in the walk's order.
-        for key in victims {
-            self.states.removeValue(forKey: key)
-            if !self.uncompacted.isEmpty { self.uncompacted.remove(key) }
+        // Removing many keys from a Swift dictionary in its own order is quadratic (each removal shifts the
+        // probe run that follows it), so the states kept are copied into a new one instead.
+        if forgotten > 0 {
+            var kept = [StateKey: StateNode](minimumCapacity: self.states.count - forgotten)
+            for (key, node) in self.states where !node.isForgotten { kept[key] = node }
+            self.states = kept
         }
         self.stateBytes -= freed
-        if !victims.isEmpty {
+        if forgotten > 0 {
             self.isComplete = false
             self.buckets = []
         }
@@ -518,7 +512,6 @@ final class GuildChain {
         var bigRemoved: [[UInt8]] = []
         for (key, node) in dirty {
             node.isDirty = false
-            node.writtenIn = batch
             let text = self.text(of: key)
             let location = self.location(text: text, hash: node.hash)
             let bucket = location.bucket
@@ -903,8 +896,8 @@ final class StateNode {
     var isDirty = false
     /// Used since the last eviction pass.
     var isUsed = true
-    /// The batch whose writes hold the state's latest value.
-    var writtenIn: UInt64 = 0
+    /// Chosen by an eviction pass, about to leave the chain.
+    var isForgotten = false
     /// Rebuild the alias blob at the next flush even if the thresholds do not ask for it.
     var rebuildRequested = false
     var small: [SmallSuccessor] = []

@@ -166,9 +166,8 @@ struct PartitionOwner {
     }
 
     /// Keeps the chains within the trainer's memory bound: the guilds used least recently go first; a guild alone
-    /// over the bound forgets states (read again as needed). Writes in flight may stay in flight: a state they
-    /// write is not forgotten until they land, and a guild dropped whole is fenced (and so settled) again before
-    /// it is read.
+    /// over the bound is forgotten too (it is read again as needed). Writes in flight land first, so that no
+    /// chain forgotten here is read back without them.
     mutating func enforceMemoryBound() async throws(RedisError) {
         var total = 0
         for chain in self.chains.values { total += chain.bytes }
@@ -176,6 +175,7 @@ struct PartitionOwner {
         self.cacheBytes = total
         let limit = self.configuration.cacheBytes / max(1, self.trainer.ownedPartitions.count)
         if total > limit {
+            try await self.settleInFlight()
             // Whole guilds used least recently first; then, within the guild left, the states not used lately.
             let byAge = self.lastUse.sorted(by: { $0.value < $1.value }).map(\.key)
             for guild in byAge.dropLast() {
