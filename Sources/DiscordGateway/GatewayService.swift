@@ -83,11 +83,13 @@ public final class GatewayService: Service, Sendable {
     }
 
     /// Records the shards this process holds and how many are ready (`markov_gateway_shards`,
-    /// `markov_gateway_shards_ready`); the role calls it at each scrape, with its readiness check.
-    public func recordShardStates() {
+    /// `markov_gateway_shards_ready`), and returns them; the role's readiness check calls it at each scrape.
+    @discardableResult
+    public func recordShardStates() -> (ready: Int, total: Int) {
         let (ready, total) = self.readiness
         GatewayMetrics.shards.record(total)
         GatewayMetrics.shardsReady.record(ready)
+        return (ready, total)
     }
 
     public var statistics: Statistics {

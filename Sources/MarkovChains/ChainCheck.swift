@@ -63,8 +63,6 @@ public struct ChainCheck: Sendable {
             progress(start, locations.count)
         }
         try await self.checkBigStates(bigs, into: &report)
-        let members = (try await self.redis.send(RedisCommand("SCARD", .string(self.keys.key(ChainKeys.bigStatesSuffix))))).int ?? 0
-        if members != bigs.count { report.problem("the set of big states has \(members) members, the buckets \(bigs.count) big states") }
         for (name, counted) in [("states", report.states), ("transitions", report.transitions), ("count", report.count)]
         where int(name) != counted {
             report.problem("the meta says \(name) \(int(name)), the data holds \(counted)")
@@ -78,7 +76,7 @@ public struct ChainCheck: Sendable {
     ) -> ChainLayout.BigHeader? {
         let name = String(decoding: text, as: UTF8.self)
         let hash = ChainLayout.stateHash(text)
-        let expected: GuildChain.Location = text.count > ChainLayout.listpackLimit ? .long : .bucket(shape.bucket(of: hash))
+        let expected = GuildChain.Location.of(text: text, hash: hash, shape: shape)
         if expected != location { report.problem("state \"\(name)\" is in \(location.suffix), its hash puts it in \(expected.suffix)") }
         report.states += 1
         if text.split(separator: 0x20, omittingEmptySubsequences: false).count != self.stateSize {
@@ -125,34 +123,25 @@ public struct ChainCheck: Sendable {
         for (text, _) in states where !members.contains(text) {
             report.problem("big state \"\(String(decoding: text, as: UTF8.self))\" is missing from the set of big states")
         }
+        if members.count != states.count {
+            report.problem("the set of big states has \(members.count) members, the buckets \(states.count) big states")
+        }
         var start = 0
         while start < states.count {
             let chunk = states[start..<min(start + 128, states.count)]
-            var commands: [RedisCommand] = []
-            for (text, _) in chunk {
-                commands.append(RedisCommand("GET", .string(self.keys.key(ChainKeys.aliasSuffix(text)))))
-                commands.append(RedisCommand("GET", .string(self.keys.key(ChainKeys.pendingSuffix(text)))))
-                commands.append(RedisCommand("HGETALL", .string(self.keys.key(ChainKeys.changesSuffix(text)))))
-            }
-            let replies = await self.redis.pipeline(commands)
+            let replies = await self.redis.pipeline(chunk.flatMap { StoredBigState.commands(keys: self.keys, text: $0.text) })
             for (index, (text, header)) in chunk.enumerated() {
-                let blob = try replies[3 * index].get().bytes
-                let units = try replies[3 * index + 1].get().bytes ?? []
-                let flat = try replies[3 * index + 2].get().array ?? []
-                var changes: [([UInt8], [UInt8])] = []
-                for at in stride(from: 0, to: flat.count - 1, by: 2) { changes.append((flat[at].bytes ?? [], flat[at + 1].bytes ?? [])) }
-                self.checkBig(text: text, header: header, blob: blob, units: units, changes: changes, into: &report)
+                self.checkBig(text: text, header: header, stored: try StoredBigState(replies, at: 3 * index), into: &report)
             }
             start += chunk.count
         }
     }
 
     private func checkBig(
-        text: [UInt8], header: ChainLayout.BigHeader, blob: [UInt8]?, units: [UInt8], changes: [([UInt8], [UInt8])],
-        into report: inout Report
+        text: [UInt8], header: ChainLayout.BigHeader, stored: StoredBigState, into report: inout Report
     ) {
         let name = String(decoding: text, as: UTF8.self)
-        guard let blob, let decoded = ChainLayout.AliasBlob.decode(blob) else {
+        guard let blob = stored.blob, let decoded = ChainLayout.AliasBlob.decode(blob) else {
             report.problem("big state \"\(name)\" has no readable alias blob")
             return
         }
@@ -160,16 +149,15 @@ public struct ChainCheck: Sendable {
         for (index, entry) in decoded.entries.enumerated() { byOffset[entry.offset] = index }
         var increments = [UInt32](repeating: 0, count: decoded.entries.count)
         var decrements = [UInt32](repeating: 0, count: decoded.entries.count)
-        if units.count % 4 != 0 { report.problem("big state \"\(name)\" has a partial increment") }
-        for start in stride(from: 0, to: units.count - 3, by: 4) {
-            let offset = UInt32(units[start]) | UInt32(units[start + 1]) << 8 | UInt32(units[start + 2]) << 16 | UInt32(units[start + 3]) << 24
+        if stored.units.count % 4 != 0 { report.problem("big state \"\(name)\" has a partial increment") }
+        for offset in stored.unitOffsets {
             guard let index = byOffset[offset] else {
                 report.problem("big state \"\(name)\" has an increment of no token (offset \(offset))")
                 continue
             }
             increments[index] += 1
         }
-        for (field, value) in changes {
+        for (field, value) in stored.changes {
             guard let change = ChainLayout.AliasBlob.decodeChange(field: field, value: value), let index = byOffset[change.offset] else {
                 report.problem("big state \"\(name)\" has a malformed decrement")
                 continue
@@ -192,7 +180,7 @@ public struct ChainCheck: Sendable {
         }
         if live == 0 { report.problem("big state \"\(name)\" has no successors") }
         let found = ChainLayout.BigHeader(
-            total: decoded.total, columns: decoded.columns, pending: UInt32(units.count / 4),
+            total: decoded.total, columns: decoded.columns, pending: UInt32(stored.units.count / 4),
             decrements: decrements.reduce(0, +), live: UInt32(live)
         )
         if header != found { report.problem("big state \"\(name)\" has the header \(header), its keys hold \(found)") }

@@ -176,12 +176,15 @@ final class GuildChain {
             if case .bucket(let bucket) = self { return bucket }
             return nil
         }
+
+        /// Where a state of this text and hash is stored in a bucket table of this shape.
+        static func of(text: [UInt8], hash: UInt32, shape: LinearHashing) -> Location {
+            text.count > ChainLayout.listpackLimit ? .long : .bucket(shape.bucket(of: hash))
+        }
     }
 
     /// Where a state of this text and hash is stored.
-    func location(text: [UInt8], hash: UInt32) -> Location {
-        text.count > ChainLayout.listpackLimit ? .long : .bucket(self.shape.bucket(of: hash))
-    }
+    func location(text: [UInt8], hash: UInt32) -> Location { .of(text: text, hash: hash, shape: self.shape) }
 
     /// Where to read a state this chain does not know, while writes may be in flight: the bucket the landed
     /// writes left it in, then each bucket a split in flight moves it to, each with the number of the write that
@@ -342,10 +345,10 @@ final class GuildChain {
     }
 
     /// Completes a big state read from Redis with its alias blob and changes since the build.
-    func loadBig(_ key: StateKey, blob: [UInt8]?, units: [UInt8]?, changes: [([UInt8], [UInt8])]) throws(ChainDataError) {
+    func loadBig(_ key: StateKey, _ stored: StoredBigState) throws(ChainDataError) {
         guard let node = self.states[key], let big = node.big else { return }
         let name = String(decoding: self.text(of: key), as: UTF8.self)
-        guard let blob, let decoded = ChainLayout.AliasBlob.decode(blob) else {
+        guard let blob = stored.blob, let decoded = ChainLayout.AliasBlob.decode(blob) else {
             throw ChainDataError("big state \"\(name)\" of guild \(self.guild) has no readable alias blob")
         }
         big.areaLength = decoded.areaLength
@@ -355,16 +358,13 @@ final class GuildChain {
             big.tokens[id] = BigToken(offset: entry.offset, base: entry.base, inc: 0, dec: 0, nextHash: entry.nextHash)
             byOffset[entry.offset] = id
         }
-        if let units {
-            for start in stride(from: 0, to: units.count - 3, by: 4) {
-                let offset = UInt32(units[start]) | UInt32(units[start + 1]) << 8 | UInt32(units[start + 2]) << 16 | UInt32(units[start + 3]) << 24
-                guard let id = byOffset[offset] else {
-                    throw ChainDataError("big state \"\(name)\" of guild \(self.guild) has an increment of no token")
-                }
-                big.tokens[id]!.inc += 1
+        for offset in stored.unitOffsets {
+            guard let id = byOffset[offset] else {
+                throw ChainDataError("big state \"\(name)\" of guild \(self.guild) has an increment of no token")
             }
+            big.tokens[id]!.inc += 1
         }
-        for (field, value) in changes {
+        for (field, value) in stored.changes {
             guard let change = ChainLayout.AliasBlob.decodeChange(field: field, value: value), let id = byOffset[change.offset] else {
                 throw ChainDataError("big state \"\(name)\" of guild \(self.guild) has a malformed decrement")
             }
@@ -722,6 +722,38 @@ final class GuildChain {
             fields.append((lane.appliedField, id.description))
         }
         return fields
+    }
+}
+
+/// What Redis holds for a big state besides its header: the alias blob, the increments (units) and the
+/// decrements, read with ``commands(keys:text:)`` in one pipeline and taken from its three replies.
+struct StoredBigState {
+    var blob: [UInt8]?
+    var units: [UInt8]
+    var changes: [([UInt8], [UInt8])]
+
+    static func commands(keys: ChainKeys, text: [UInt8]) -> [RedisCommand] {
+        [
+            RedisCommand("GET", .string(keys.key(ChainKeys.aliasSuffix(text)))),
+            RedisCommand("GET", .string(keys.key(ChainKeys.pendingSuffix(text)))),
+            RedisCommand("HGETALL", .string(keys.key(ChainKeys.changesSuffix(text)))),
+        ]
+    }
+
+    /// The state read from the replies of its three commands, starting at `start`.
+    init(_ replies: [Result<RedisReply, RedisError>], at start: Int) throws(RedisError) {
+        self.blob = try replies[start].get().bytes
+        self.units = try replies[start + 1].get().bytes ?? []
+        let flat = try replies[start + 2].get().array ?? []
+        self.changes = stride(from: 0, to: flat.count - 1, by: 2).map { (flat[$0].bytes ?? [], flat[$0 + 1].bytes ?? []) }
+    }
+
+    /// The entry offset of each unit of increment.
+    var unitOffsets: [UInt32] {
+        stride(from: 0, to: self.units.count - 3, by: 4).map { start in
+            UInt32(self.units[start]) | UInt32(self.units[start + 1]) << 8 | UInt32(self.units[start + 2]) << 16
+                | UInt32(self.units[start + 3]) << 24
+        }
     }
 }
 

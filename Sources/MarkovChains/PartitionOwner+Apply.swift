@@ -726,22 +726,13 @@ extension PartitionOwner {
             for key in chain.bigStatesToRead(keys) { bigs.append((chain, key)) }
         }
         guard !bigs.isEmpty else { return damaged }
-        var bigCommands: [RedisCommand] = []
-        for (chain, key) in bigs {
-            let text = chain.text(of: key)
-            bigCommands.append(RedisCommand("GET", .string(chain.keys.key(ChainKeys.aliasSuffix(text)))))
-            bigCommands.append(RedisCommand("GET", .string(chain.keys.key(ChainKeys.pendingSuffix(text)))))
-            bigCommands.append(RedisCommand("HGETALL", .string(chain.keys.key(ChainKeys.changesSuffix(text)))))
-        }
-        let replies = await self.redis.pipeline(bigCommands)
+        let replies = await self.redis.pipeline(bigs.flatMap { chain, key in
+            StoredBigState.commands(keys: chain.keys, text: chain.text(of: key))
+        })
         for (index, (chain, key)) in bigs.enumerated() where damaged[chain.guild] == nil {
-            let blob = try replies[3 * index].get().bytes
-            let units = try replies[3 * index + 1].get().bytes
-            let flat = try replies[3 * index + 2].get().array ?? []
-            var changes: [([UInt8], [UInt8])] = []
-            for at in stride(from: 0, to: flat.count - 1, by: 2) { changes.append((flat[at].bytes ?? [], flat[at + 1].bytes ?? [])) }
+            let stored = try StoredBigState(replies, at: 3 * index)
             do throws(ChainDataError) {
-                try chain.loadBig(key, blob: blob, units: units, changes: changes)
+                try chain.loadBig(key, stored)
             } catch {
                 damaged[chain.guild] = error.description
             }

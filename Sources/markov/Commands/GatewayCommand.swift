@@ -69,8 +69,7 @@ struct Gateway: AsyncParsableCommand {
                 services: [
                     .init(service: RedisClientService(client: context.redis)),
                     context.observability([{
-                        let (ready, total) = gateway.readiness
-                        gateway.recordShardStates()
+                        let (ready, total) = gateway.recordShardStates()
                         return ("shards \(ready)/\(total)", total > 0 && ready == total)
                     }]),
                     .init(service: gateway, successTerminationBehavior: .gracefullyShutdownGroup,

@@ -76,8 +76,7 @@ struct Up: AsyncParsableCommand {
                 { ("trainer", trainer.isRunning) },
                 { ("responder", responder.isRunning) },
                 {
-                    let (ready, total) = gateway.readiness
-                    gateway.recordShardStates()
+                    let (ready, total) = gateway.recordShardStates()
                     return ("shards \(ready)/\(total)", total > 0 && ready == total)
                 },
             ]))
