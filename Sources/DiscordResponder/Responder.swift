@@ -74,7 +74,10 @@ public final class Responder: Service, Sendable {
     private let counters = Mutex(Statistics())
     private let botUser = Mutex<String?>(nil)
 
-    public init(store: ChainStore, log: EventLog, rest: DiscordRESTClient, configuration: Configuration, logger: Logger) {
+    /// Makes a responder; `flags` default to a cache of their own.
+    public init(
+        store: ChainStore, log: EventLog, rest: DiscordRESTClient, configuration: Configuration, flags: FeatureFlags? = nil, logger: Logger
+    ) {
         self.log = log
         self.composer = ReplyComposer(store: store, prefix: configuration.commandPrefix)
         self.settings = ResponseSettings(redis: log.redis)
@@ -82,7 +85,8 @@ public final class Responder: Service, Sendable {
         var backfills = BackfillStore(redis: log.redis)
         backfills.leaseTTL = configuration.backfillLease
         self.commands = SettingsCommands(
-            store: store, chains: ChainCommands(log: log), settings: self.settings, backfills: backfills, owners: configuration.owners
+            store: store, chains: ChainCommands(log: log), settings: self.settings, backfills: backfills, owners: configuration.owners,
+            flags: flags ?? FeatureFlags(redis: log.redis, logger: logger)
         )
         var backfillConfiguration = BackfillRunner.Configuration(owner: configuration.consumer)
         backfillConfiguration.maxJobs = configuration.backfills
@@ -184,7 +188,7 @@ public final class Responder: Service, Sendable {
             return await self.handleMessage(event)
         case .interaction:
             return await self.handleInteraction(event)
-        case .update, .delete, .deleteBulk, .guildRemoved, .threads, .forgetUser, .deleteData, .migrate:
+        case .update, .delete, .deleteBulk, .guildRemoved, .threads, .forgetUser, .deleteData, .migrate, .relearn:
             return true
         }
     }

@@ -12,6 +12,8 @@ struct SettingsCommands: Sendable {
     let settings: ResponseSettings
     let backfills: BackfillStore
     let owners: Set<String>
+    /// `/filters` is offered where the `training-filters` flag is on.
+    let flags: FeatureFlags
 
     /// How long a command waits for the trainers before answering that it will finish on its own (an interaction's
     /// token lasts 15 minutes).
@@ -78,6 +80,32 @@ struct SettingsCommands: Sendable {
             let id = channel.flatMap { Snowflake($0) }
             try await self.settings.setChance(Int((percent * 10_000).rounded()), guild: guild, channel: id)
             return "I'll answer \(percent)% of messages unasked \(id.map { "in \(mention($0.rawValue))" } ?? "in this server")."
+        case .filters(let action, let name):
+            guard await self.flags.isOn(.trainingFilters, guild: guild) else {
+                return "Training filters are not available in this server yet: they are being rolled out a few servers at a time."
+            }
+            var filters = try await self.store.filters(guild: guild)
+            func stripped() -> String {
+                filters.isEmpty ? "I learn messages whole." : "I strip \(filters.description.split(separator: " ").joined(separator: ", ")) before learning."
+            }
+            switch action {
+            case .list:
+                return stripped()
+            case .relearn:
+                do {
+                    let (messages, relearnt) = try await self.chains.relearn(guild, timeout: self.commandTimeout)
+                    return "Read \(messages) messages again: \(relearnt) are now learnt under the filters. \(stripped())"
+                } catch is ChainCommands.Timeout {
+                    return "I'm learning this server's messages again under the filters: it takes a while here, and it will finish on its own."
+                }
+            case .strip, .keep:
+                guard let name, let filter = ContentFilters(name: name) else {
+                    return "Name one of: \(ContentFilters.named.map(\.name).joined(separator: ", "))."
+                }
+                if action == .strip { filters.insert(filter) } else { filters.remove(filter) }
+                try await self.store.setFilters(filters, guild: guild)
+                return "\(stripped()) This applies to new messages; `/filters relearn` applies it to what I learnt before."
+            }
         case .forgetMe:
             guard let user = interaction.member?.user?.id ?? interaction.user?.id else { return "I cannot tell who you are." }
             do {

@@ -43,6 +43,10 @@ public struct Trigger: Sendable, Hashable {
         case images(percent: Double)
         /// `/ask-roles add|remove|list role`: the only roles whose members may ask (none: everyone).
         case askRoles(Action, role: String?)
+        /// `/filters strip|keep what`, `/filters list`, `/filters relearn`: what is stripped before learning.
+        case filters(FiltersAction, filter: String?)
+
+        public enum FiltersAction: String, Sendable, Hashable { case strip, keep, list, relearn }
 
         /// Whether only admins (Administrator, Manage Guild or Manage Channels, or an owner) may use it.
         public var needsAdmin: Bool {
@@ -50,6 +54,7 @@ public struct Trigger: Sendable, Hashable {
             case .forgetMe, .rememberMe: false
             case .listen(let action, _), .autorespond(let action, _), .replyChannels(let action, _), .askRoles(let action, _):
                 action != .list
+            case .filters(let action, _): action != .list
             case .chance, .deleteData, .train, .images: true
             }
         }
@@ -136,6 +141,11 @@ public struct Trigger: Sendable, Hashable {
             case .integer(let value)?: return Trigger(kind: .slash, request: .command(.images(percent: Double(value))))
             default: return Trigger(kind: .slash, request: .unsupported(name))
             }
+        case "filters":
+            guard let action = subcommand.flatMap({ SlashCommand.FiltersAction(rawValue: $0.name) }) else {
+                return Trigger(kind: .slash, request: .unsupported(name))
+            }
+            return Trigger(kind: .slash, request: .command(.filters(action, filter: string("what"))))
         case "forget-me":
             return Trigger(kind: .slash, request: .command(.forgetMe))
         case "remember-me":

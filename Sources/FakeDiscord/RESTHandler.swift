@@ -18,7 +18,7 @@ final class RESTHandler: ChannelInboundHandler, RemovableChannelHandler, Sendabl
         case .head(let head):
             self.request.withLockedValue { $0 = (head, ByteBuffer()) }
         case .body(var chunk):
-            self.request.withLockedValue { $0?.body.writeBuffer(&chunk) }
+            _ = self.request.withLockedValue { $0?.body.writeBuffer(&chunk) }
         case .end:
             guard let (head, body) = self.request.withLockedValue({ request in
                 defer { request = nil }

@@ -36,8 +36,18 @@ public struct ChainCommands: Sendable {
         _ = try await self.run(ChainEvent(kind: .migrate, source: .console, guildID: guild), timeout: timeout)
     }
 
-    /// Appends a command and waits for its outcome.
-    public func run(_ event: ChainEvent, timeout: Duration) async throws -> String {
+    /// Learns the guild's recorded messages again under its training filters now; `progress` hears records read and
+    /// the records there are, about once a second. Returns the records read and the messages whose learnt tokens changed.
+    public func relearn(
+        _ guild: Snowflake, timeout: Duration = .seconds(3600), progress: (@Sendable (Int, Int) -> Void)? = nil
+    ) async throws -> (messages: Int, relearnt: Int) {
+        let outcome = try await self.run(ChainEvent(kind: .relearn, source: .console, guildID: guild), timeout: timeout, progress: progress)
+        return (Self.value(outcome, "messages"), Self.value(outcome, "relearnt"))
+    }
+
+    /// Appends a command and waits for its outcome; `progress` hears what the owner reports (`done total`) on the
+    /// way, for commands that report it.
+    public func run(_ event: ChainEvent, timeout: Duration, progress: (@Sendable (Int, Int) -> Void)? = nil) async throws -> String {
         var event = event
         let token = Self.token()
         event.reply = token
@@ -48,6 +58,10 @@ public struct ChainCommands: Sendable {
             try Task.checkCancellation()
             let reply = try await self.log.redis.blocking(RedisCommand("BLPOP", .string(key), 1), block: .seconds(1))
             if let pair = reply.array, pair.count == 2, let outcome = pair[1].string { return outcome }
+            if let progress, let text = try await self.log.redis.send(RedisCommand("GET", .string(key + ":progress"))).string {
+                let numbers = text.split(separator: " ").compactMap { Int($0) }
+                if numbers.count == 2 { progress(numbers[0], numbers[1]) }
+            }
         }
         throw Timeout(guild: event.guildID, waited: timeout)
     }

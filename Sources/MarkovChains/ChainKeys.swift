@@ -21,6 +21,8 @@ public struct ChainKeys: Sendable, Hashable {
     public var listen: String { "\(self.prefix):listen" }
     /// Set of user ids who opted out.
     public var optOut: String { "\(self.prefix):optout" }
+    /// What the guild strips before learning (string, ``ContentFilters`` names; absent: the defaults).
+    public var filters: String { "\(self.prefix):filters" }
     /// Thread id → its channel (hash): a message in a thread is learnt when its channel is.
     public var threads: String { "\(self.prefix):threads" }
     /// Message id → its first image URL (hash), for replies with an image.
@@ -97,6 +99,7 @@ public struct ChainKeys: Sendable, Hashable {
         Family(suffix: ":img", owner: .chain, summary: "image URL of learnt messages"),
         Family(suffix: ":threads", owner: .chain, summary: "thread → channel"),
         Family(suffix: ":listen", owner: .chain, summary: "channels learnt from"),
+        Family(suffix: ":filters", owner: .chain, summary: "training filters (what is stripped before learning)"),
         Family(suffix: ":optout", owner: .optOuts, summary: "users who opted out"),
         Family(suffix: ":chance", owner: .responder, summary: "unasked reply chances"),
         Family(suffix: ":autorespond", owner: .responder, summary: "auto-respond channels"),

@@ -180,6 +180,19 @@ public struct ChainStore: Sendable {
         )
     }
 
+    /// What the guild strips before learning: its setting, or the defaults when it chose nothing (whether they
+    /// apply also depends on the `training-filters` flag).
+    public func filters(guild: Snowflake) async throws(RedisError) -> ContentFilters {
+        let stored = try await self.redis.send(RedisCommand("GET", .string(ChainKeys(guild: guild).filters))).string
+        return stored.flatMap { ContentFilters(stored: $0) } ?? .defaults
+    }
+
+    /// Sets what the guild strips before learning (for messages learnt from then on; `markov relearn` applies it
+    /// to the history).
+    public func setFilters(_ filters: ContentFilters, guild: Snowflake) async throws(RedisError) {
+        try await self.redis.send(RedisCommand("SET", .string(ChainKeys(guild: guild).filters), .string(filters.description)))
+    }
+
     /// Users who opted out.
     public func optedOutUsers(guild: Snowflake) async throws(RedisError) -> [String] {
         let reply = try await self.redis.send(RedisCommand("SMEMBERS", .string(ChainKeys(guild: guild).optOut)))

@@ -18,7 +18,7 @@ extension PartitionOwner {
         /// Commands run as procedures of their own, in order with the messages around them.
         var isCommand: Bool {
             switch self.event.kind {
-            case .guildRemoved, .deleteData, .forgetUser, .migrate: true
+            case .guildRemoved, .deleteData, .forgetUser, .migrate, .relearn: true
             default: false
             }
         }
@@ -253,6 +253,20 @@ extension PartitionOwner {
         var optedOut: Set<String> = []
         var threads: [String: String] = [:]
         var backfillStarted: String?
+        /// What is stripped from the run's messages before they are learnt.
+        var filters: ContentFilters = []
+    }
+
+    /// What the guild strips before learning: its stored setting (or the defaults) when the `training-filters`
+    /// flag is on for it, else nothing.
+    func filters(guild: Snowflake, stored: String?) async -> ContentFilters {
+        guard await self.trainer.flags.isOn(.trainingFilters, guild: guild) else { return [] }
+        guard let stored else { return .defaults }
+        guard let filters = ContentFilters(stored: stored) else {
+            self.logger.warning("the guild's training filters are not readable; the defaults apply", metadata: ["guild": "\(guild)", "filters": "\(stored)"])
+            return .defaults
+        }
+        return filters
     }
 
     /// The commands that read a run's context, and how to read their replies.
@@ -289,6 +303,7 @@ extension PartitionOwner {
         commands.append(authorList.isEmpty ? RedisCommand("PING") : RedisCommand("SMISMEMBER", [.string(keys.optOut)] + authorList.map { .string($0) }))
         commands.append(threadList.isEmpty ? RedisCommand("PING") : RedisCommand("HMGET", [.string(keys.threads)] + threadList.map { .string($0) }))
         commands.append(RedisCommand("HGET", .string(keys.backfill), "started"))
+        commands.append(RedisCommand("GET", .string(keys.filters)))
         return (commands, ids, channelList, authorList, threadList)
     }
 
@@ -309,16 +324,24 @@ extension PartitionOwner {
         for item in items {
             let event = item.event
             var effects: [Plan.Effect] = []
+            /// Records the message's tokens and learns what the filters leave of them.
             func learn(_ id: String, author: String, tokens: [String], image: String?) {
-                effects.append(.learn(tokens))
-                effects.append(.record(id: id, .learnt(author: author, tokens: tokens)))
-                effects.append(.contentHash(MessageRecord.contentHash(tokens), 1))
-                if let image { effects.append(.image(id: id, url: image)) }
-                records[id] = .learnt(author: author, tokens: tokens)
+                let record = MessageRecord.learnt(author: author, tokens: tokens, filters: context.filters)
+                let learnt = record.learntTokens
+                if !learnt.isEmpty {
+                    effects.append(.learn(learnt))
+                    effects.append(.contentHash(MessageRecord.contentHash(learnt), 1))
+                    if let image { effects.append(.image(id: id, url: image)) }
+                }
+                effects.append(.record(id: id, record))
+                records[id] = record
             }
-            func forget(_ tokens: [String]) {
-                effects.append(.unlearn(tokens))
-                effects.append(.contentHash(MessageRecord.contentHash(tokens), -1))
+            /// Unlearns what was learnt of a recorded message.
+            func forget(_ record: MessageRecord) {
+                let learnt = record.learntTokens
+                guard !learnt.isEmpty else { return }
+                effects.append(.unlearn(learnt))
+                effects.append(.contentHash(MessageRecord.contentHash(learnt), -1))
             }
             switch event.kind {
             case .create:
@@ -348,7 +371,7 @@ extension PartitionOwner {
                     allowed = context.listening.contains(channel) || threads[channel].map(context.listening.contains) == true
                 }
                 if known != nil || skip || !allowed || context.optedOut.contains(author) || tokens.isEmpty
-                    || tokens.contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
+                    || context.filters.apply(to: tokens).contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
                     plan.skipped += 1
                 } else {
                     learn(id, author: author, tokens: tokens, image: event.attachments.first(where: ChainEvent.isImage))
@@ -358,7 +381,7 @@ extension PartitionOwner {
                 guard let id = event.messageID, let content = event.content else { plan.skipped += 1; break }
                 var tokens = Tokenizer.tokens(content)
                 if self.trainer.filter.skipReason(authorFlags: event.authorFlags, messageType: event.messageType, tokens: tokens) != nil
-                    || tokens.contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
+                    || context.filters.apply(to: tokens).contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
                     tokens = []
                 }
                 guard let existing = record(id) else {
@@ -373,20 +396,19 @@ extension PartitionOwner {
                     effects.append(.record(id: id, .editedBeforeCreate(tokens: tokens)))
                     records[id] = .editedBeforeCreate(tokens: tokens)
                     plan.skipped += 1
-                case .learnt(let author, let old)?:
-                    if old == tokens {
+                case .learnt(let author, let old, let filters)?:
+                    if old == tokens && filters == context.filters {
                         plan.skipped += 1
                     } else {
-                        forget(old)
+                        // What was learnt goes (under the filters it was learnt with); the new text is learnt
+                        // under the guild's filters now.
+                        forget(.learnt(author: author, tokens: old, filters: filters))
                         if tokens.isEmpty {
                             effects.append(.record(id: id, nil))
                             effects.append(.image(id: id, url: nil))
                             records[id] = .some(nil)
                         } else {
-                            effects.append(.learn(tokens))
-                            effects.append(.record(id: id, .learnt(author: author, tokens: tokens)))
-                            effects.append(.contentHash(MessageRecord.contentHash(tokens), 1))
-                            records[id] = .learnt(author: author, tokens: tokens)
+                            learn(id, author: author, tokens: tokens, image: nil)
                         }
                         plan.updated += 1
                     }
@@ -402,8 +424,8 @@ extension PartitionOwner {
                         plan.skipped += 1
                         continue
                     }
-                    if case .learnt(_, let old)? = existing {
-                        forget(old)
+                    if let existing, case .learnt = existing {
+                        forget(existing)
                         plan.deleted += 1
                     } else {
                         plan.skipped += 1
@@ -417,7 +439,7 @@ extension PartitionOwner {
                     threads[thread] = channel
                     effects.append(.thread(id: thread, channel: channel))
                 }
-            case .interaction, .guildRemoved, .deleteData, .forgetUser, .migrate:
+            case .interaction, .guildRemoved, .deleteData, .forgetUser, .migrate, .relearn:
                 break
             }
             plan.items.append((item.id, effects))
@@ -440,7 +462,7 @@ extension PartitionOwner {
         let replies = await self.redis.pipeline(commands)
         var plans: [Plan] = []
         for (index, run) in runs.enumerated() {
-            let base = index * 5
+            let base = index * 6
             var context = Context()
             let shape = shapes[index]
             if !shape.ids.isEmpty, let values = try replies[base].get().array {
@@ -456,6 +478,7 @@ extension PartitionOwner {
                 for (channel, value) in zip(shape.threads, values) { if let parent = value.string { context.threads[channel] = parent } }
             }
             context.backfillStarted = try replies[base + 4].get().string
+            context.filters = await self.filters(guild: run.guild, stored: try replies[base + 5].get().string)
             guard let chain = self.chains[run.guild] else {
                 plans.append(Plan())
                 continue

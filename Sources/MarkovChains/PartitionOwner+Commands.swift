@@ -25,6 +25,9 @@ extension PartitionOwner {
             outcome = "forgotten=\(try await self.forget(user, in: chain, lane: lane, statistics: &statistics))"
         case .migrate:
             outcome = "layout=\(ChainLayout.version)"
+        case .relearn:
+            let (scanned, changed) = try await self.relearn(chain, reply: item.event.reply, lane: lane, statistics: &statistics)
+            outcome = "messages=\(scanned) relearnt=\(changed)"
         default:
             return
         }
@@ -61,11 +64,14 @@ extension PartitionOwner {
             var effects: [Plan.Effect] = []
             for index in stride(from: 0, to: flat.count - 1, by: 2) {
                 guard let id = flat[index].string, let bytes = flat[index + 1].bytes, bytes.starts(with: needle),
-                      case .learnt(_, let tokens)? = MessageRecord(bytes)
+                      let record = MessageRecord(bytes), case .learnt = record
                 else { continue }
-                effects += [.unlearn(tokens), .contentHash(MessageRecord.contentHash(tokens), -1),
-                            .record(id: id, .deleted), .image(id: id, url: nil)]
-                messages.append(tokens)
+                let tokens = record.learntTokens
+                if !tokens.isEmpty {
+                    effects += [.unlearn(tokens), .contentHash(MessageRecord.contentHash(tokens), -1)]
+                    messages.append(tokens)
+                }
+                effects += [.record(id: id, .deleted), .image(id: id, url: nil)]
                 forgotten += 1
             }
             guard !effects.isEmpty else { continue }
@@ -77,6 +83,71 @@ extension PartitionOwner {
         } while cursor != "0"
         self.logger.info("user forgotten", metadata: ["guild": "\(chain.guild)", "user": "\(user)", "messages": "\(forgotten)"])
         return forgotten
+    }
+
+    // MARK: Learning the history again under the guild's filters
+
+    /// Learns every recorded message again under the guild's filters now, a page of records at a time: a message
+    /// whose learnt tokens change is unlearnt as it was and learnt anew; its record keeps its tokens with the new
+    /// filters. Progress goes to `<reply key>:progress` (`scanned total`). Returns the records read and the
+    /// messages changed.
+    private mutating func relearn(
+        _ chain: GuildChain, reply: String?, lane: EventLog.Lane, statistics: inout Trainer.Statistics
+    ) async throws(RedisError) -> (scanned: Int, changed: Int) {
+        let stored = try await self.redis.send(RedisCommand("GET", .string(chain.keys.filters))).string
+        let filters = await self.filters(guild: chain.guild, stored: stored)
+        let total = try await self.redis.send(RedisCommand("HLEN", .string(chain.keys.messages))).int ?? 0
+        let progressKey = reply.map { chain.keys.key(ChainKeys.replySuffix($0)) + ":progress" }
+        var scanned = 0, changed = 0
+        var cursor = "0"
+        repeat {
+            guard let chain = self.chains[chain.guild] else { throw RedisError(.protocolError, "guild \(chain.guild) was forgotten mid-relearn") }
+            let reply = try await self.redis.send(RedisCommand("HSCAN", .string(chain.keys.messages), .string(cursor), "COUNT", 500))
+            guard let parts = reply.array, parts.count == 2, let next = parts[0].string else {
+                throw RedisError(.protocolError, "HSCAN answered \(reply)")
+            }
+            cursor = next
+            let flat = parts[1].array ?? []
+            var messages: [[String]] = []
+            var effects: [Plan.Effect] = []
+            for index in stride(from: 0, to: flat.count - 1, by: 2) {
+                scanned += 1
+                guard let id = flat[index].string, let bytes = flat[index + 1].bytes, let record = MessageRecord(bytes),
+                      case .learnt(let author, let tokens, let old) = record, old != filters
+                else { continue }
+                let before = record.learntTokens
+                let relearnt = MessageRecord.learnt(author: author, tokens: tokens, filters: filters)
+                let after = relearnt.learntTokens
+                // Under either filters the same was learnt: the record is right as it is.
+                guard before != after else { continue }
+                if !before.isEmpty {
+                    effects += [.unlearn(before), .contentHash(MessageRecord.contentHash(before), -1)]
+                    messages.append(before)
+                }
+                if !after.isEmpty {
+                    effects += [.learn(after), .contentHash(MessageRecord.contentHash(after), 1)]
+                    messages.append(after)
+                }
+                effects.append(.record(id: id, relearnt))
+                changed += 1
+            }
+            if !effects.isEmpty {
+                var plan = Plan()
+                plan.items = [(StreamID(milliseconds: 0, sequence: 0), effects)]
+                if !chain.isComplete, let reason = try await self.load([(chain, messages)])[chain.guild] {
+                    throw RedisError(.protocolError, reason)
+                }
+                try await self.send(self.encode(plan, chain: chain, lane: lane, marking: false, statistics: &statistics), lane: lane)
+            }
+            if let progressKey {
+                try await self.redis.send(RedisCommand("SET", .string(progressKey), .string("\(min(scanned, max(total, scanned))) \(max(total, scanned))"), "PX", 600_000))
+            }
+        } while cursor != "0"
+        self.logger.info(
+            "guild relearnt under its filters",
+            metadata: ["guild": "\(chain.guild)", "filters": "\(filters)", "messages": "\(scanned)", "changed": "\(changed)"]
+        )
+        return (scanned, changed)
     }
 
     // MARK: Deleting a guild's data

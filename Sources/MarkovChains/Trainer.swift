@@ -87,15 +87,18 @@ public final class Trainer: Service, Sendable {
     let leases: LeaseTable
     let logger: Logger
     let filter: TrainingFilter
+    /// Feature flags (`training-filters` decides whether a guild's filters apply).
+    let flags: FeatureFlags
     let counters = Mutex(Statistics())
     private let owned = Mutex<[Int: PartitionHandle]>([:])
     /// Per owned partition, the guilds with big states waiting to be compacted.
     let compactions = Mutex<[Int: Int]>([:])
     let cacheBytes = Atomic<Int>(0)
 
-    /// Makes a trainer over a chain store and an event log.
-    public init(store: ChainStore, log: EventLog, configuration: Configuration, logger: Logger) {
+    /// Makes a trainer over a chain store and an event log; `flags` default to a cache of their own.
+    public init(store: ChainStore, log: EventLog, configuration: Configuration, flags: FeatureFlags? = nil, logger: Logger) {
         self.store = store
+        self.flags = flags ?? FeatureFlags(redis: log.redis, logger: logger)
         self.log = log
         self.configuration = configuration
         self.logger = logger

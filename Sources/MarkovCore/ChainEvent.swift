@@ -30,6 +30,8 @@ public struct ChainEvent: Sendable, Hashable {
         case deleteData = "delete_data"
         /// Upgrade the guild's data to the current layout (`markov migrate`).
         case migrate
+        /// Learn the guild's recorded messages again under its training filters now (`markov relearn`).
+        case relearn
     }
 
     /// Where the event came from.
@@ -210,7 +212,7 @@ public struct ChainEvent: Sendable, Hashable {
             }
         case .deleteBulk:
             guard !self.messageIDs.isEmpty else { throw DecodingError(description: "delete_bulk without ids") }
-        case .guildRemoved, .deleteData, .migrate:
+        case .guildRemoved, .deleteData, .migrate, .relearn:
             break
         case .forgetUser:
             guard self.authorID != nil else { throw DecodingError(description: "forget_user without an author") }

@@ -1,14 +1,27 @@
 /// What a guild remembers of one message (`{g:G}:m`, message id → record), so that an edit or a delete removes
 /// exactly what was learnt and a replayed or re-imported message is not learnt twice:
 ///
-/// - `author<TAB>tokens`: learnt, with the tokens joined by single spaces;
+/// - `author<TAB>tokens`: learnt whole, with the tokens joined by single spaces;
+/// - `author<TAB>filters<TAB>tokens`: the message's tokens, of which what the filters (``ContentFilters/letters``)
+///   leave was learnt (perhaps nothing): `markov relearn` can learn them again under other filters;
 /// - `-`: deleted (or its author forgotten): a late create cannot bring it back;
 /// - `~tokens`: edited before its create arrived (a backfill reads old messages after live edits): the create
 ///   learns these tokens instead of its own.
 public enum MessageRecord: Sendable, Hashable {
-    case learnt(author: String, tokens: [String])
+    case learnt(author: String, tokens: [String], filters: ContentFilters)
     case deleted
     case editedBeforeCreate(tokens: [String])
+
+    /// A message learnt whole.
+    public static func learnt(author: String, tokens: [String]) -> MessageRecord {
+        .learnt(author: author, tokens: tokens, filters: [])
+    }
+
+    /// What was learnt of a learnt message: its tokens, less what its filters stripped.
+    public var learntTokens: [String] {
+        guard case .learnt(_, let tokens, let filters) = self else { return [] }
+        return filters.apply(to: tokens)
+    }
 
     /// Reads a record; `nil` when it is malformed.
     public init?(_ bytes: [UInt8]) {
@@ -24,13 +37,20 @@ public enum MessageRecord: Sendable, Hashable {
         guard let tab = bytes.firstIndex(of: 0x09) else { return nil }
         let author = String(decoding: bytes[..<tab], as: UTF8.self)
         guard !author.isEmpty, author.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
-        self = .learnt(author: author, tokens: Self.split(bytes[(tab + 1)...]))
+        let rest = bytes[(tab + 1)...]
+        guard let second = rest.firstIndex(of: 0x09) else {
+            self = .learnt(author: author, tokens: Self.split(rest), filters: [])
+            return
+        }
+        guard let filters = ContentFilters(letters: String(decoding: rest[..<second], as: UTF8.self)) else { return nil }
+        self = .learnt(author: author, tokens: Self.split(bytes[(second + 1)...]), filters: filters)
     }
 
     /// The stored bytes.
     public var encoded: [UInt8] {
         switch self {
-        case .learnt(let author, let tokens): Array((author + "\t" + tokens.joined(separator: " ")).utf8)
+        case .learnt(let author, let tokens, let filters) where filters.isEmpty: Array((author + "\t" + tokens.joined(separator: " ")).utf8)
+        case .learnt(let author, let tokens, let filters): Array((author + "\t" + filters.letters + "\t" + tokens.joined(separator: " ")).utf8)
         case .deleted: [UInt8(ascii: "-")]
         case .editedBeforeCreate(let tokens): Array(("~" + tokens.joined(separator: " ")).utf8)
         }

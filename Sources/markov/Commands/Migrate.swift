@@ -52,7 +52,7 @@ struct Migrate: AsyncParsableCommand {
         let meter = ProgressMeter(label: "upgraded", total: pending.count, unit: "guilds")
         let commands = ChainCommands(log: context.log)
         let list = pending
-        try await context.withOwner(of: list) {
+        _ = try await context.withOwner(of: list) {
             for (index, guild) in list.enumerated() {
                 try await commands.migrate(guild)
                 meter.update(index + 1)

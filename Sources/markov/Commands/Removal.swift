@@ -48,3 +48,34 @@ struct DeleteGuild: AsyncParsableCommand {
         print("deleted \(removed) keys of guild \(guild)")
     }
 }
+
+/// `markov relearn --guild G`.
+struct Relearn: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Learn a guild's history again under its training filters now.",
+        discussion: """
+            A change of filters (`markov settings --strip/--keep`, `/filters`) applies to new messages; this applies \
+            it to the messages already learnt, from their records: each message whose learnt tokens change is \
+            unlearnt as it was learnt and learnt anew. The guild's partition owner does it in order with the guild's \
+            messages; without a running trainer, this command applies it itself.
+            """
+    )
+
+    @OptionGroup var options: GlobalOptions
+    @Option(help: "The guild (Discord id).") var guild: String
+
+    func run() async throws {
+        LoggingSetup.once
+        let guild = try snowflake(self.guild, "--guild")
+        let context = try await RoleContext(options: self.options, label: "markov.relearn")
+        defer { context.redis.shutdown() }
+        try await context.store.prepare()
+        let commands = ChainCommands(log: context.log)
+        let meter = ProgressMeter(label: "relearnt", total: 0, unit: "records")
+        let result = try await context.withOwner(of: [guild]) {
+            try await commands.relearn(guild, progress: { done, total in meter.update(done, total: total) })
+        }
+        meter.finish(result.messages, total: result.messages)
+        print("read \(result.messages) message records of guild \(guild); \(result.relearnt) learnt again under its filters")
+    }
+}

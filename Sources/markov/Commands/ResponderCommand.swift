@@ -45,6 +45,7 @@ struct Responder: AsyncParsableCommand {
                 services: [
                     .init(service: RedisClientService(client: context.redis)),
                     context.observability([{ ("responder", responder.isRunning) }]),
+                    .init(service: context.flags),
                     .init(service: responder, successTerminationBehavior: .gracefullyShutdownGroup,
                           failureTerminationBehavior: .gracefullyShutdownGroup),
                 ],
@@ -92,7 +93,7 @@ struct Responder: AsyncParsableCommand {
         configuration.owners = context.configuration.ownerIDs
         return DiscordResponder.Responder(
             store: context.store, log: context.log, rest: try Self.restClient(context: context),
-            configuration: configuration, logger: context.logger
+            configuration: configuration, flags: context.flags, logger: context.logger
         )
     }
 }
@@ -138,6 +139,11 @@ struct RegisterCommands: AsyncParsableCommand {
           "options":[{"name":"add","type":1,"description":"Let a role ask (and only the roles added)","options":[{"name":"role","type":8,"description":"The role","required":true}]},
                      {"name":"remove","type":1,"description":"Stop letting a role ask","options":[{"name":"role","type":8,"description":"The role","required":true}]},
                      {"name":"list","type":1,"description":"Who may ask markov"}]},
+         {"name":"filters","type":1,"description":"What markov strips from messages before learning them","default_member_permissions":"16",
+          "options":[{"name":"strip","type":1,"description":"Strip this from messages learnt from now on","options":[{"name":"what","type":3,"description":"What to strip","required":true,"choices":[{"name":"links","value":"links"},{"name":"invites","value":"invites"},{"name":"custom emoji","value":"emoji"},{"name":"mentions","value":"mentions"},{"name":"code","value":"code"}]}]},
+                     {"name":"keep","type":1,"description":"Learn this again in messages from now on","options":[{"name":"what","type":3,"description":"What to keep","required":true,"choices":[{"name":"links","value":"links"},{"name":"invites","value":"invites"},{"name":"custom emoji","value":"emoji"},{"name":"mentions","value":"mentions"},{"name":"code","value":"code"}]}]},
+                     {"name":"list","type":1,"description":"What markov strips before learning"},
+                     {"name":"relearn","type":1,"description":"Apply the filters to the messages learnt before"}]},
          {"name":"forget-me","type":1,"description":"Forget my messages and never learn from me again"},
          {"name":"remember-me","type":1,"description":"Learn from my new messages again"},
          {"name":"delete-data","type":1,"description":"Delete this server's whole model","default_member_permissions":"32"},

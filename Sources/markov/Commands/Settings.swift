@@ -24,6 +24,16 @@ struct Settings: AsyncParsableCommand {
     var imageChance: Double?
     @Option(help: "The chance, in percent (fractions allowed), of answering a message unasked in the guild.")
     var chance: Double?
+    @Option(help: "Strip this from messages before learning them: links, invites, emoji, mentions or code (repeatable; applies to new messages, `markov relearn` to the history).")
+    var strip: [String] = []
+    @Option(help: "Learn this in messages again: links, invites, emoji, mentions or code (repeatable).")
+    var keep: [String] = []
+
+    func validate() throws {
+        for name in self.strip + self.keep where ContentFilters(name: name) == nil {
+            throw ValidationError("'\(name)' is not a filter; filters: \(ContentFilters.named.map(\.name).joined(separator: ", "))")
+        }
+    }
 
     func run() async throws {
         LoggingSetup.once
@@ -48,8 +58,17 @@ struct Settings: AsyncParsableCommand {
             guard (0...100).contains(chance) else { throw ValidationError("--chance is a percentage from 0 to 100") }
             try await responses.setChance(Int((chance * 10_000).rounded()), guild: guild, channel: nil)
         }
+        if !self.strip.isEmpty || !self.keep.isEmpty {
+            var filters = try await context.store.filters(guild: guild)
+            for name in self.strip { if let filter = ContentFilters(name: name) { filters.insert(filter) } }
+            for name in self.keep { if let filter = ContentFilters(name: name) { filters.remove(filter) } }
+            try await context.store.setFilters(filters, guild: guild)
+        }
         print("guild \(guild)")
         print("  learning in channels: \(try await context.store.listenChannels(guild: guild).joined(separator: ", "))")
+        let filtersOn = await context.flags.isOn(.trainingFilters, guild: guild)
+        print("  stripped before learning: \(try await context.store.filters(guild: guild))"
+              + (filtersOn ? "" : " (not applied: the training-filters flag is off for this guild)"))
         print("  opted-out users: \(try await context.store.optedOutUsers(guild: guild).joined(separator: ", "))")
         print("  auto-respond channels: \(try await responses.autorespondChannels(guild: guild).joined(separator: ", "))")
         let replyChannels = try await responses.replyChannels(guild: guild)
@@ -61,5 +80,8 @@ struct Settings: AsyncParsableCommand {
         print("  replies with an image: \(Double(images) / 10_000)%")
         let sortedChances = chances.sorted { $0.key < $1.key }
         print("  chance to answer unasked: " + sortedChances.map { "\($0.key == "guild" ? "guild" : "channel \($0.key)") \(Double($0.value) / 10_000)%" }.joined(separator: ", "))
+        if !self.strip.isEmpty || !self.keep.isEmpty {
+            print("the filters apply to messages learnt from now on; `markov relearn --guild \(guild)` applies them to the history")
+        }
     }
 }

@@ -35,13 +35,14 @@ struct Trainer: AsyncParsableCommand {
         configuration.cacheBytes = self.cacheMB << 20
         configuration.commandPrefix = context.configuration.commandPrefix
         let trainer = MarkovChains.Trainer(
-            store: context.store, log: context.log, configuration: configuration, logger: context.logger
+            store: context.store, log: context.log, configuration: configuration, flags: context.flags, logger: context.logger
         )
         let group = ServiceGroup(
             configuration: .init(
                 services: [
                     .init(service: RedisClientService(client: context.redis)),
                     context.observability([{ ("trainer", trainer.isRunning) }]),
+                    .init(service: context.flags),
                     .init(service: trainer, successTerminationBehavior: .gracefullyShutdownGroup,
                           failureTerminationBehavior: .gracefullyShutdownGroup),
                 ],

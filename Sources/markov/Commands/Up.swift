@@ -60,9 +60,12 @@ struct Up: AsyncParsableCommand {
         trainerConfiguration.partitions = configuration.partitions
         trainerConfiguration.commandPrefix = configuration.commandPrefix
         trainerConfiguration.block = .milliseconds(500)
-        let trainer = MarkovChains.Trainer(store: context.store, log: context.log, configuration: trainerConfiguration, logger: context.logger)
+        let trainer = MarkovChains.Trainer(
+            store: context.store, log: context.log, configuration: trainerConfiguration, flags: context.flags, logger: context.logger
+        )
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: RedisClientService(client: context.redis)),
+            .init(service: context.flags),
             .init(service: trainer, failureTerminationBehavior: .gracefullyShutdownGroup),
         ]
         if let token = configuration.discordToken, !token.isEmpty {

@@ -19,6 +19,7 @@ import Redis
 /// | `owner.ids` | `OWNER_IDS` | comma-separated user ids allowed every admin command | none |
 /// | `markov.http.host` | `MARKOV_HTTP_HOST` | address `/metrics`, `/health`, `/ready` listen on (`0.0.0.0`: every interface) | `127.0.0.1` |
 /// | `markov.http.port` | `MARKOV_HTTP_PORT` | port of `/metrics`, `/health`, `/ready` (0: any free port) | 9090 |
+/// | `markov.flags.ttl` | `MARKOV_FLAGS_TTL` | seconds (fractions allowed) a role keeps feature flags before reading them again | 5 |
 /// | `log.level` | `LOG_LEVEL` | string | `info` |
 /// | `log.format` | `LOG_FORMAT` | `text` or `json` (one JSON object per line) | `text` |
 struct MarkovConfiguration: Sendable {
@@ -45,6 +46,8 @@ struct MarkovConfiguration: Sendable {
     /// Address and port of the metrics, health and readiness endpoints.
     var httpHost: String
     var httpPort: Int
+    /// How long feature flags are kept before they are read again.
+    var flagsTTL: Duration
     /// The log level.
     var logLevel: Logger.Level
 
@@ -89,6 +92,9 @@ struct MarkovConfiguration: Sendable {
         self.ownerIDs = Set((config.string(forKey: "owner.ids") ?? "").split(separator: ",").map {
             String($0.trimmingCharacters(in: .whitespaces))
         }.filter { !$0.isEmpty })
+        let flagsTTL = config.double(forKey: "markov.flags.ttl", default: 5)
+        guard flagsTTL >= 0, flagsTTL <= 3600 else { throw ConfigurationError("MARKOV_FLAGS_TTL must be between 0 and 3600 seconds, not \(flagsTTL)") }
+        self.flagsTTL = .milliseconds(Int64((flagsTTL * 1000).rounded()))
         let level = config.string(forKey: "log.level", default: "info")
         guard let logLevel = Logger.Level(rawValue: level.lowercased()) else {
             throw ConfigurationError("LOG_LEVEL must be one of trace, debug, info, notice, warning, error, critical")

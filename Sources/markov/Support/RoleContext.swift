@@ -16,6 +16,8 @@ struct RoleContext: Sendable {
     let redis: RedisClient
     let store: ChainStore
     let log: EventLog
+    /// Feature flags, kept for `MARKOV_FLAGS_TTL`; roles run it as a service so its gauges stay current.
+    let flags: FeatureFlags
 
     init(options: GlobalOptions, label: String) async throws {
         try await self.init(configuration: Self.configuration(options), label: label)
@@ -41,6 +43,7 @@ struct RoleContext: Sendable {
         self.redis = RedisClient(configuration: configuration.redis, logger: logger)
         self.store = ChainStore(redis: self.redis, stateSize: configuration.stateSize)
         self.log = EventLog(redis: self.redis, partitions: configuration.partitions)
+        self.flags = FeatureFlags(redis: self.redis, timeToLive: configuration.flagsTTL, logger: logger)
     }
 
     /// A consumer name unique to this process: host, pid and a random suffix.
@@ -105,7 +108,7 @@ extension RoleContext {
         configuration.helperPartitions = Set(guilds.map { self.log.keys.partition(of: $0) })
         configuration.block = .milliseconds(200)
         configuration.heartbeat = .milliseconds(500)
-        return MarkovChains.Trainer(store: self.store, log: self.log, configuration: configuration, logger: self.logger)
+        return MarkovChains.Trainer(store: self.store, log: self.log, configuration: configuration, flags: self.flags, logger: self.logger)
     }
 
     /// Runs `body` while a helper trainer (``helperTrainer(for:)``) applies the guilds' partitions if nobody does.

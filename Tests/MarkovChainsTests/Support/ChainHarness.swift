@@ -58,7 +58,7 @@ struct ChainHarness {
     }
 
     func trainer(
-        consumer: String = "test-\(UUID().uuidString)", leaseTTL: Duration = .seconds(3),
+        consumer: String = "test-\(UUID().uuidString)", leaseTTL: Duration = .seconds(3), flags: FeatureFlags? = nil,
         configure: (inout Trainer.Configuration) -> Void = { _ in }
     ) -> Trainer {
         var configuration = Trainer.Configuration(consumer: consumer)
@@ -72,7 +72,7 @@ struct ChainHarness {
         configuration.cacheBytes = self.cacheBytes
         configuration.transitionsPerCall = self.transitionsPerCall
         configure(&configuration)
-        return Trainer(store: self.store, log: self.log, configuration: configuration, logger: Self.logger)
+        return Trainer(store: self.store, log: self.log, configuration: configuration, flags: flags, logger: Self.logger)
     }
 
     /// Appends events (to the live lane, or the bulk lane), then runs a trainer in this process until every
@@ -110,6 +110,28 @@ struct ChainHarness {
                 }
             }
             return 0
+        }
+    }
+
+    /// Learns the guild's history again under its filters through the partition owner; returns records read and
+    /// messages relearnt.
+    func relearn(_ guild: Snowflake) async throws -> (messages: Int, relearnt: Int) {
+        try await self.store.prepare()
+        let trainer = self.trainer()
+        let commands = ChainCommands(log: self.log)
+        return try await withThrowingTaskGroup(of: (messages: Int, relearnt: Int)?.self) { group in
+            group.addTask {
+                try await trainer.run()
+                return nil
+            }
+            group.addTask { try await commands.relearn(guild, timeout: .seconds(60)) }
+            while let result = try await group.next() {
+                if let result {
+                    group.cancelAll()
+                    return result
+                }
+            }
+            return (0, 0)
         }
     }
 
@@ -174,8 +196,8 @@ struct ChainModel {
 
     init(stateSize: Int) { self.stateSize = stateSize }
 
-    mutating func add(_ text: String, _ delta: Int = 1) {
-        let tokens = Tokenizer.tokens(text)
+    mutating func add(_ text: String, _ delta: Int = 1, filters: ContentFilters = []) {
+        let tokens = filters.apply(to: Tokenizer.tokens(text))
         guard !tokens.isEmpty else { return }
         let padded = Array(repeating: "", count: self.stateSize) + tokens + [""]
         for index in 0..<(padded.count - self.stateSize) {
