@@ -21,7 +21,7 @@ extension GatewayIntegrationTests {
         /// Everything running: returns the services' group task and the responder.
         func start(
             _ harness: GatewayHarness, _ fake: FakeDiscord, cooldown: Duration = .seconds(10),
-            deferAfter: Duration = .milliseconds(2000)
+            deferAfter: Duration = .milliseconds(2000), flags: FeatureFlags? = nil
         ) async throws -> (ServiceGroup, Task<Void, any Error>, Responder) {
             let store = ChainStore(redis: harness.redis, stateSize: 2)
             try await store.prepare()
@@ -32,7 +32,7 @@ extension GatewayIntegrationTests {
             var trainerConfiguration = Trainer.Configuration(consumer: "test-trainer")
             trainerConfiguration.partitions = GatewayHarness.partitions
             trainerConfiguration.block = .milliseconds(100)
-            let trainer = Trainer(store: store, log: harness.log, configuration: trainerConfiguration, logger: GatewayHarness.logger)
+            let trainer = Trainer(store: store, log: harness.log, configuration: trainerConfiguration, flags: flags, logger: GatewayHarness.logger)
             var rest = DiscordRESTClient(apiURL: fake.apiURL, token: fake.configuration.token, logger: GatewayHarness.logger)
             rest.rateLimits = SharedRateLimits(redis: harness.redis)
             var configuration = Responder.Configuration(consumer: "test-responder")
@@ -42,7 +42,9 @@ extension GatewayIntegrationTests {
             configuration.block = .milliseconds(100)
             configuration.cooldown = cooldown
             configuration.interactionDeferAfter = deferAfter
-            let responder = Responder(store: store, log: harness.log, rest: rest, configuration: configuration, logger: GatewayHarness.logger)
+            let responder = Responder(
+                store: store, log: harness.log, rest: rest, configuration: configuration, flags: flags, logger: GatewayHarness.logger
+            )
             let group = ServiceGroup(services: [gateway, trainer, responder], logger: GatewayHarness.logger)
             let task = Task { try await group.run() }
             try await fake.waitForShards([0])
@@ -183,6 +185,54 @@ extension GatewayIntegrationTests {
             #expect(try await store.totals(guild: guild)["messages", default: 0] == 0)
             let listed = try await self.command(fake, id: 72, name: "listen", options: #"[{"name":"list","type":1}]"#, permissions: "0")
             #expect(listed?.contains("<#\(Self.channel)>") == true, "listing is open to everyone")
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
+        @Test("/filters is offered once the training-filters flag reaches the guild (seen within the flag cache time); its filters shape what is learnt; relearn applies them to the history")
+        func filtersBehindFlag() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let flags = FeatureFlags(redis: harness.redis, timeToLive: .milliseconds(300), logger: GatewayHarness.logger)
+            let (group, task, _) = try await self.start(harness, fake, flags: flags)
+            let store = ChainStore(redis: harness.redis, stateSize: 2)
+            let guild = Snowflake(String(Self.guild))!
+            let list = #"[{"name":"list","type":1}]"#
+            let early = try await self.command(fake, id: 900, name: "filters", options: list, permissions: "16")
+            #expect(early?.hasPrefix("Training filters are not available") == true, "\(early ?? "")")
+            // Learnt whole while the flag is off.
+            let before = try self.message(fake, 901, "zebras like `code` and https://zebra.example")
+
+            try await FeatureFlags.set(.trainingFilters, to: Rollout(guilds: [guild]), redis: harness.redis)
+            try await Task.sleep(for: .milliseconds(400))
+            let listed = try await self.command(fake, id: 902, name: "filters", options: list, permissions: "0")
+            #expect(listed == "I strip links, invites before learning.", "\(listed ?? "")")
+            let strip = #"[{"name":"strip","type":1,"options":[{"name":"what","type":3,"value":"code"}]}]"#
+            let refused = try await self.command(fake, id: 903, name: "filters", options: strip, permissions: "0")
+            #expect(refused?.contains("Only members with") == true)
+            let stripped = try await self.command(fake, id: 904, name: "filters", options: strip, permissions: "16")
+            #expect(stripped?.hasPrefix("I strip links, invites, code before learning.") == true, "\(stripped ?? "")")
+            #expect(try await store.filters(guild: guild) == [.links, .invites, .code])
+
+            let after = try self.message(fake, 905, "zebras like `code` and https://zebra.example")
+            let records = ChainKeys(guild: guild).messages
+            try await GatewayHarness.eventually("both messages learnt") {
+                try await harness.redis.send(RedisCommand("HEXISTS", .string(records), .string(after))).int == 1
+            }
+            #expect(try await harness.redis.send(RedisCommand("HGET", .string(records), .string(before))).string
+                    == "9\tzebras like `code` and https://zebra.example")
+            #expect(try await harness.redis.send(RedisCommand("HGET", .string(records), .string(after))).string
+                    == "9\tlic\tzebras like `code` and https://zebra.example")
+            #expect(try await store.state(["like", "and"], guild: guild).successors.isEmpty == false, "learnt without the code span")
+
+            let relearn = #"[{"name":"relearn","type":1}]"#
+            let relearnt = try await self.command(fake, id: 906, name: "filters", options: relearn, permissions: "16")
+            #expect(relearnt?.hasPrefix("Read 2 messages again: 1 are now learnt under the filters.") == true, "\(relearnt ?? "")")
+            #expect(try await harness.redis.send(RedisCommand("HGET", .string(records), .string(before))).string
+                    == "9\tlic\tzebras like `code` and https://zebra.example")
+            #expect(try await store.state(["like", "`code`"], guild: guild).successors.isEmpty, "the code span is unlearnt")
+            try await FeatureFlags.set(.trainingFilters, to: .off, redis: harness.redis)
             await group.triggerGracefulShutdown()
             try await task.value
             await fake.stop()
