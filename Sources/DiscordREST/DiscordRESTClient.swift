@@ -127,10 +127,11 @@ public struct DiscordRESTClient: Sendable {
             switch decision {
             case .go:
                 return
-            case .wait(let duration):
-                self.counters.waited(duration)
+            case .wait(let duration, let reason):
+                self.counters.waited(duration, reason: reason)
                 try? await Task.sleep(for: duration)
             case .braked(let duration):
+                self.counters.braked()
                 throw DiscordRESTError(
                     status: nil, code: nil,
                     message: "not sent: too many 401/403/429 answers in the last 10 minutes (braking for \(duration) to stay clear of Discord's ban)",
@@ -170,6 +171,10 @@ public final class RESTCounters: Sendable {
     public struct Snapshot: Sendable, Hashable {
         public var byStatus: [Int: Int] = [:]
         public var waitedMilliseconds = 0
+        /// Waits for a slot, by reason.
+        public var waits: [SharedRateLimits.WaitReason: Int] = [:]
+        /// Requests not sent because the brake was on.
+        public var braked = 0
         public var rateLimited: Int { self.byStatus[429, default: 0] }
     }
 
@@ -182,6 +187,10 @@ public final class RESTCounters: Sendable {
     public static func registerMetrics() {
         Counter(label: "markov_rest_rate_limited_total").increment(by: 0)
         Counter(label: "markov_rest_bucket_wait_milliseconds_total").increment(by: 0)
+        Counter(label: "markov_rest_braked_total").increment(by: 0)
+        for reason in SharedRateLimits.WaitReason.allCases {
+            Counter(label: "markov_rest_waits_total", dimensions: [("reason", reason.rawValue)]).increment(by: 0)
+        }
     }
 
     public var snapshot: Snapshot { self.state.withLock { $0 } }
@@ -192,9 +201,19 @@ public final class RESTCounters: Sendable {
         if status == 429 { Counter(label: "markov_rest_rate_limited_total").increment() }
     }
 
-    func waited(_ duration: Duration) {
+    func waited(_ duration: Duration, reason: SharedRateLimits.WaitReason) {
         let milliseconds = Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
-        self.state.withLock { $0.waitedMilliseconds += milliseconds }
+        self.state.withLock {
+            $0.waitedMilliseconds += milliseconds
+            $0.waits[reason, default: 0] += 1
+        }
         Counter(label: "markov_rest_bucket_wait_milliseconds_total").increment(by: milliseconds)
+        Counter(label: "markov_rest_waits_total", dimensions: [("reason", reason.rawValue)]).increment()
+    }
+
+    /// A request not sent because the brake is on.
+    func braked() {
+        self.state.withLock { $0.braked += 1 }
+        Counter(label: "markov_rest_braked_total").increment()
     }
 }

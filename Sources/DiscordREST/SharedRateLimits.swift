@@ -72,9 +72,19 @@ public struct SharedRateLimits: Sendable {
     /// What ``acquire(_:)`` decided.
     public enum Decision: Sendable, Hashable {
         case go
-        case wait(Duration)
+        case wait(Duration, WaitReason)
         /// The brake is on: too many 401/403/429 answers.
         case braked(Duration)
+    }
+
+    /// Why a request waits.
+    public enum WaitReason: String, Sendable, Hashable, CaseIterable {
+        /// Its route's bucket is spent (or its bucket is being learnt by another request).
+        case bucket
+        /// The global limit: `globalLimit` requests went out in the last second.
+        case global
+        /// A global 429 blocks every request for its retry-after.
+        case globalBlock = "global_block"
     }
 
     static let acquireScript = """
@@ -84,7 +94,7 @@ public struct SharedRateLimits: Sendable {
         local bad = tonumber(redis.call('GET', KEYS[4]) or '0')
         if bad >= tonumber(ARGV[3]) then return {2, redis.call('PTTL', KEYS[4])} end
         local block = redis.call('PTTL', KEYS[3])
-        if block > 0 then return {1, block} end
+        if block > 0 then return {4, block} end
         local bucket = redis.call('GET', KEYS[1])
         local counter, limit, window
         if bucket then
@@ -109,7 +119,7 @@ public struct SharedRateLimits: Sendable {
             if redis.call('ZCARD', KEYS[2]) >= global then
                 if not bucket then redis.call('DEL', KEYS[5]) end
                 local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-                return {1, math.max(1, tonumber(oldest[2]) + span - now)}
+                return {3, math.max(1, tonumber(oldest[2]) + span - now)}
             end
             redis.call('ZADD', KEYS[2], now, ARGV[5])
             redis.call('PEXPIRE', KEYS[2], 2000)
@@ -178,7 +188,9 @@ public struct SharedRateLimits: Sendable {
         switch values[0] {
         case 0: return .go
         case 2: return .braked(.milliseconds(max(1, values[1])))
-        default: return .wait(.milliseconds(max(1, values[1])))
+        case 3: return .wait(.milliseconds(max(1, values[1])), .global)
+        case 4: return .wait(.milliseconds(max(1, values[1])), .globalBlock)
+        default: return .wait(.milliseconds(max(1, values[1])), .bucket)
         }
     }
 

@@ -476,6 +476,7 @@ extension GatewayIntegrationTests {
             }
             #expect(fake.rest.messages.count == 48)
             #expect(fake.rest.rateLimitedCount == 0, "48 requests at 20/s went out over more than two seconds without a global 429")
+            #expect(client.counters.snapshot.waits[.global, default: 0] > 0, "waits for the global limit are counted as such")
 
             fake.rest.setBanned(true)
             var refused: DiscordRESTError?
@@ -489,6 +490,7 @@ extension GatewayIntegrationTests {
             }
             let braked = try #require(refused, "the brake engaged")
             #expect(braked.status == nil, "refused before sending")
+            #expect(rest.counters.snapshot.braked == 1, "the refusal is counted")
             #expect(try await limits.badAnswers() == 5)
             await fake.stop()
         }
