@@ -30,8 +30,9 @@ final class EventPump: Sendable {
     private struct State {
         var items: [Item] = []
         var waiter: CheckedContinuation<Void, Never>?
-        /// Submitters waiting for room in ``items``.
-        var blocked: [CheckedContinuation<Void, Never>] = []
+        /// Submitters waiting for room in ``items``, by ticket.
+        var blocked: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextTicket = 0
         var finished = false
         /// Shutting down: submissions no longer wait for room (the shards must be able to stop).
         var draining = false
@@ -71,10 +72,11 @@ final class EventPump: Sendable {
     var backlog: Int { self.state.withLock { $0.items.count } }
 
     /// Queues one dispatch's event (if it has one) and the shard's session as of that dispatch; waits while
-    /// ``maxBacklog`` events are already waiting.
+    /// ``maxBacklog`` events are already waiting. A submitter cancelled while it waits returns without queueing:
+    /// its shard is stopping, and its checkpoint, behind this dispatch, makes the resume replay it.
     func submit(shard: Int, event: ChainEvent?, checkpoint: GatewaySession?) async {
         var warned = false
-        while true {
+        while !Task.isCancelled {
             enum Outcome { case queued(CheckedContinuation<Void, Never>?), full }
             let outcome = self.state.withLock { state -> Outcome in
                 guard self.hasRoom(state) else { return .full }
@@ -93,13 +95,21 @@ final class EventPump: Sendable {
                     metadata: ["shard": "\(shard)", "backlog": "\(self.maxBacklog)"]
                 )
             }
-            await withCheckedContinuation { continuation in
-                let resumeNow = self.state.withLock { state -> Bool in
-                    if self.hasRoom(state) { return true }
-                    state.blocked.append(continuation)
-                    return false
+            let ticket = self.state.withLock { state -> Int in
+                state.nextTicket += 1
+                return state.nextTicket
+            }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { continuation in
+                    let resumeNow = self.state.withLock { state -> Bool in
+                        if self.hasRoom(state) || Task.isCancelled { return true }
+                        state.blocked[ticket] = continuation
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
                 }
-                if resumeNow { continuation.resume() }
+            } onCancel: {
+                self.state.withLock { $0.blocked.removeValue(forKey: ticket) }?.resume()
             }
         }
     }
@@ -113,8 +123,8 @@ final class EventPump: Sendable {
     func drain() {
         let blocked = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.draining = true
-            defer { state.blocked = [] }
-            return state.blocked
+            defer { state.blocked = [:] }
+            return Array(state.blocked.values)
         }
         for continuation in blocked { continuation.resume() }
     }
@@ -125,15 +135,16 @@ final class EventPump: Sendable {
             state.finished = true
             defer {
                 state.waiter = nil
-                state.blocked = []
+                state.blocked = [:]
             }
-            return (state.waiter, state.blocked)
+            return (state.waiter, Array(state.blocked.values))
         }
         waiter?.resume()
         for continuation in blocked { continuation.resume() }
     }
 
-    /// The writer loop; returns after ``finish()`` once the queue is empty.
+    /// The writer loop; returns after ``finish()`` once the queue is empty, or when cancelled (what is queued then
+    /// is tried once more at most: the checkpoints stay behind what is not written, so a resume replays it).
     func run() async {
         while let batch = await self.next() {
             await self.write(batch)
@@ -147,24 +158,32 @@ final class EventPump: Sendable {
                 if !state.items.isEmpty {
                     defer {
                         state.items.removeAll(keepingCapacity: true)
-                        state.blocked = []
+                        state.blocked = [:]
                     }
-                    return (.batch(state.items), state.blocked)
+                    return (.batch(state.items), Array(state.blocked.values))
                 }
-                return (state.finished ? .done : .wait, [])
+                return (state.finished || Task.isCancelled ? .done : .wait, [])
             }
             for continuation in blocked { continuation.resume() }
             switch step {
             case .batch(let items): return items
             case .done: return nil
             case .wait:
-                await withCheckedContinuation { continuation in
-                    let resumeNow = self.state.withLock { state -> Bool in
-                        if !state.items.isEmpty || state.finished { return true }
-                        state.waiter = continuation
-                        return false
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let resumeNow = self.state.withLock { state -> Bool in
+                            if !state.items.isEmpty || state.finished || Task.isCancelled { return true }
+                            state.waiter = continuation
+                            return false
+                        }
+                        if resumeNow { continuation.resume() }
                     }
-                    if resumeNow { continuation.resume() }
+                } onCancel: {
+                    let waiter = self.state.withLock { state in
+                        defer { state.waiter = nil }
+                        return state.waiter
+                    }
+                    waiter?.resume()
                 }
             }
         }
@@ -214,7 +233,14 @@ final class EventPump: Sendable {
                 "appending to the event log failed; retrying",
                 metadata: ["events": "\(pending.count)", "attempt": "\(attempt)", "error": "\(lastError)"]
             )
-            try? await Task.sleep(for: .milliseconds(min(2_000, 50 << min(attempt, 6))))
+            guard await Backoff.sleep(.milliseconds(min(2_000, 50 << min(attempt, 6)))) else {
+                self.logger.error(
+                    "cancelled with events not appended; their sessions were not checkpointed past them, so a resume replays them",
+                    metadata: ["events": "\(pending.count)", "error": "\(lastError)"]
+                )
+                self.abandoned.withLock { $0.formUnion(batch.map(\.shard)) }
+                return
+            }
         }
         // Every event of the batch is in the log: checkpoint each shard at its last dispatch of the batch.
         var checkpoints: [Int: GatewaySession] = [:]

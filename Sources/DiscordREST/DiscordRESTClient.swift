@@ -68,7 +68,7 @@ public struct DiscordRESTClient: Sendable {
                 let failure = DiscordRESTError(status: nil, code: nil, message: "\(error)", method: method, path: path)
                 guard attempt < self.attempts else { throw failure }
                 self.logger.warning("Discord request failed, retrying", metadata: ["error": "\(failure)"])
-                try? await Task.sleep(for: Self.backoff(attempt))
+                try await Self.pause(Self.backoff(attempt), method: method, path: path)
                 continue
             }
             self.counters.count(status: response.status)
@@ -97,7 +97,7 @@ public struct DiscordRESTClient: Sendable {
                                "scope": "\(response.headers["x-ratelimit-scope"] ?? "unknown")"]
                 )
                 // With shared limits the next acquire waits for the recorded block; without, wait here.
-                if self.rateLimits == nil { try? await Task.sleep(for: wait) }
+                if self.rateLimits == nil { try await Self.pause(wait, method: method, path: path) }
                 continue
             }
             // Only failures have an error body worth decoding.
@@ -109,7 +109,14 @@ public struct DiscordRESTClient: Sendable {
             )
             guard response.status >= 500, attempt < self.attempts else { throw failure }
             self.logger.warning("Discord answered with a server error, retrying", metadata: ["error": "\(failure)"])
-            try? await Task.sleep(for: Self.backoff(attempt))
+            try await Self.pause(Self.backoff(attempt), method: method, path: path)
+        }
+    }
+
+    /// Waits before trying again; a cancelled caller stops with an error instead of going round without waiting.
+    private static func pause(_ duration: Duration, method: String, path: String) async throws(DiscordRESTError) {
+        guard await Backoff.sleep(duration) else {
+            throw DiscordRESTError(status: nil, code: nil, message: "cancelled while waiting to send", method: method, path: path)
         }
     }
 
@@ -129,7 +136,7 @@ public struct DiscordRESTClient: Sendable {
                 return
             case .wait(let duration, let reason):
                 self.counters.waited(duration, reason: reason)
-                try? await Task.sleep(for: duration)
+                try await Self.pause(duration, method: method, path: path)
             case .braked(let duration):
                 self.counters.braked()
                 throw DiscordRESTError(

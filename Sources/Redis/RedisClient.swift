@@ -14,7 +14,11 @@ import Synchronization
 ///   schedules a refresh), `ASK` is followed once with `ASKING`, and `TRYAGAIN`/`CLUSTERDOWN`/`LOADING` are
 ///   retried with backoff, all within ``RedisConfiguration/maxRedirects``.
 ///
-/// Nothing runs in the background until the first command. ``shutdown()`` closes every connection.
+/// Background work belongs to ``run()``: it refreshes the cluster's slot map when a redirect asks for it, and
+/// shuts the client down when it ends. Without ``run()`` (a one-shot command-line tool) the client works the same,
+/// the refresh then happening in the next command that needs the map. Connections are opened and reopened in the
+/// task of the command that needs them; no task is ever started by the client. ``shutdown()`` closes every
+/// connection, and every later command fails at once with ``RedisError/Code/shutDown``.
 public final class RedisClient: Sendable {
     /// How this client reaches Redis.
     public let configuration: RedisConfiguration
@@ -24,11 +28,16 @@ public final class RedisClient: Sendable {
     /// The pool of the one server, when not in cluster mode: spares a dictionary lookup per command.
     private let standalonePool: RedisNodePool?
     private let cluster: Mutex<ClusterState>
+    /// One slot-map refresh at a time, shared by the callers that need it.
+    private let topologyRefresh = SingleFlight<ClusterTopology>()
 
     private struct ClusterState {
         var topology: ClusterTopology?
-        var refresh: Task<ClusterTopology, any Error>?
+        /// A redirect said the map is out of date: the next command that needs it learns it again.
+        var isStale = false
         var isShutDown = false
+        /// Asks ``run()`` for a refresh, while it runs.
+        var refreshRequests: AsyncStream<Void>.Continuation?
     }
 
     /// Makes a client; no connection is opened until the first command.
@@ -54,18 +63,63 @@ public final class RedisClient: Sendable {
         self.cluster = Mutex(ClusterState())
     }
 
-    /// Closes every connection. Commands in flight fail with ``RedisError/Code/connectionClosed``.
+    /// Closes every connection and ends ``run()``. Commands in flight fail with
+    /// ``RedisError/Code/connectionClosed``; later ones with ``RedisError/Code/shutDown``, before any connection
+    /// is opened.
     public func shutdown() {
+        let requests = self.cluster.withLock { state in
+            state.isShutDown = true
+            defer { state.refreshRequests = nil }
+            return state.refreshRequests
+        }
+        requests?.finish()
         let pools = self.pools.withLock { pools in
             defer { pools = [:] }
             return Array(pools.values)
         }
-        let refresh = self.cluster.withLock { state in
-            state.isShutDown = true
-            return state.refresh
-        }
-        refresh?.cancel()
         for pool in pools { pool.shutdown() }
+        self.standalonePool?.shutdown()
+    }
+
+    /// Whether ``shutdown()`` was called.
+    public var isShutDown: Bool { self.cluster.withLock { $0.isShutDown } }
+
+    /// How many node pools are open (for tests: none after shutdown).
+    var openPools: Int { self.pools.withLock { $0.count } }
+
+    /// The client's background work, until ``shutdown()`` or cancellation, after which the client is shut down:
+    /// the cluster slot-map refreshes that redirects ask for (a no-op loop for a standalone server). Run it as a
+    /// service beside the roles that use the client; one `run()` at a time (a second returns at once).
+    public func run() async {
+        let (requests, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let installed = self.cluster.withLock { state -> Bool in
+            guard !state.isShutDown, state.refreshRequests == nil else { return false }
+            state.refreshRequests = continuation
+            if state.isStale { continuation.yield() }
+            return true
+        }
+        guard installed else {
+            continuation.finish()
+            return
+        }
+        await withTaskCancellationHandler {
+            for await _ in requests where self.configuration.isCluster {
+                do throws(RedisError) {
+                    _ = try await self.refreshedTopology()
+                } catch where error.code == .shutDown || error.code == .cancelled {
+                    break
+                } catch {
+                    self.logger.warning("redis cluster slot map refresh failed; the next command tries again", metadata: ["error": "\(error)"])
+                }
+            }
+        } onCancel: {
+            continuation.finish()
+        }
+        self.shutdown()
+    }
+
+    private var shutDownError: RedisError {
+        RedisError(.shutDown, "the Redis client was shut down; it takes no more commands")
     }
 
     // MARK: Commands
@@ -147,7 +201,7 @@ public final class RedisClient: Sendable {
         if let standalone = self.standalonePool {
             pool = standalone
         } else {
-            pool = self.pool(for: try await self.endpoint(for: slot))
+            pool = try self.pool(for: try await self.endpoint(for: slot))
         }
         let timeout = timeout ?? self.configuration.commandTimeout
         do throws(RedisError) {
@@ -155,7 +209,7 @@ public final class RedisClient: Sendable {
                 let first = try await connection.send([RedisCommand("WATCH", watch)] + read, timeout: timeout)
                 for reply in first {
                     if case .error(let message) = reply {
-                        if ClusterRedirect(errorReply: message) != .none { self.scheduleTopologyRefresh() }
+                        if ClusterRedirect(errorReply: message) != .none { self.markTopologyStale() }
                         _ = try? await connection.send([RedisCommand("UNWATCH")], timeout: timeout)
                         throw RedisError(.server, message)
                     }
@@ -209,8 +263,15 @@ public final class RedisClient: Sendable {
         return reply
     }
 
-    func pool(for endpoint: RedisEndpoint) -> RedisNodePool {
-        self.pools.withLock { pools in
+    /// The pool of a node, made on first use; refused once the client is shut down (so a late command opens no
+    /// pool that nobody would close).
+    func pool(for endpoint: RedisEndpoint) throws(RedisError) -> RedisNodePool {
+        if let standalone = self.standalonePool, standalone.endpoint == endpoint {
+            guard !standalone.isShutDown else { throw self.shutDownError }
+            return standalone
+        }
+        let pool: RedisNodePool? = self.pools.withLock { pools in
+            guard !self.isShutDown else { return nil }
             if let pool = pools[endpoint] { return pool }
             let pool = RedisNodePool(
                 endpoint: endpoint,
@@ -221,6 +282,8 @@ public final class RedisClient: Sendable {
             pools[endpoint] = pool
             return pool
         }
+        guard let pool else { throw self.shutDownError }
+        return pool
     }
 
     /// Sends one command to the node that owns it and follows cluster redirects. Returns the final reply,
@@ -236,7 +299,7 @@ public final class RedisClient: Sendable {
         while true {
             let reply: RedisReply
             do {
-                let pool = self.pool(for: endpoint)
+                let pool = try self.pool(for: endpoint)
                 if asking {
                     reply = try await pool.send([RedisCommand("ASKING"), command])[1]
                 } else if let block {
@@ -247,8 +310,10 @@ public final class RedisClient: Sendable {
             } catch where error.code == .connectionFailed && attempt < self.configuration.maxRedirects {
                 // Nothing was sent: the node may have failed over. Learn the map again and resend.
                 attempt += 1
-                try? await Task.sleep(for: self.configuration.clusterRetryBackoff.delay(attempt: attempt))
-                _ = try? await self.refreshedTopology()
+                guard await Backoff.sleep(self.configuration.clusterRetryBackoff.delay(attempt: attempt)) else {
+                    throw RedisError(.cancelled, "cancelled while \(command.name) waited to be sent again", underlying: error)
+                }
+                self.markTopologyStale()
                 endpoint = try await self.endpoint(for: command.slot)
                 asking = false
                 continue
@@ -266,14 +331,16 @@ public final class RedisClient: Sendable {
             switch redirect {
             case .moved(let slot, let target):
                 self.cluster.withLock { state in state.topology?.assign(Int(slot)...Int(slot), to: target) }
-                self.scheduleTopologyRefresh()
+                self.markTopologyStale()
                 endpoint = target
                 asking = false
             case .ask(_, let target):
                 endpoint = target
                 asking = true
             case .retryLater:
-                try? await Task.sleep(for: self.configuration.clusterRetryBackoff.delay(attempt: attempt))
+                guard await Backoff.sleep(self.configuration.clusterRetryBackoff.delay(attempt: attempt)) else {
+                    throw RedisError(.cancelled, "cancelled while \(command.name) waited for the cluster (\(message))")
+                }
                 endpoint = try await self.endpoint(for: command.slot)
                 asking = false
             case .none:
@@ -349,38 +416,38 @@ public final class RedisClient: Sendable {
     }
 
     private func currentTopology() async throws(RedisError) -> ClusterTopology {
-        if let topology = self.cluster.withLock({ $0.topology }) { return topology }
-        return try await self.refreshedTopology()
+        let (topology, isStale, isShutDown) = self.cluster.withLock { ($0.topology, $0.isStale, $0.isShutDown) }
+        if isShutDown { throw self.shutDownError }
+        if let topology, !isStale { return topology }
+        do {
+            return try await self.refreshedTopology()
+        } catch where topology != nil && error.code != .shutDown && error.code != .cancelled {
+            // The map we have still serves most slots; the redirects correct the rest.
+            return topology!
+        }
     }
 
-    private func scheduleTopologyRefresh() {
-        Task { _ = try? await self.refreshedTopology() }
+    /// A redirect moved a slot: the map is out of date. ``run()`` learns it again at once when it runs; the next
+    /// command that needs the map does otherwise.
+    private func markTopologyStale() {
+        let requests = self.cluster.withLock { state in
+            state.isStale = true
+            return state.refreshRequests
+        }
+        requests?.yield()
     }
 
     /// Asks the known masters, then the seeds, for the slot map; concurrent callers share one refresh.
     private func refreshedTopology() async throws(RedisError) -> ClusterTopology {
-        let task: Task<ClusterTopology, any Error> = self.cluster.withLock { state in
-            if let refresh = state.refresh { return refresh }
-            let candidates = (state.topology?.masters ?? []) + self.configuration.endpoints
-            let refresh = Task { [self] () async throws -> ClusterTopology in
-                defer { self.cluster.withLock { $0.refresh = nil } }
-                let topology = try await self.fetchTopology(from: candidates)
-                self.cluster.withLock { $0.topology = topology }
-                self.logger.debug(
-                    "redis cluster slot map refreshed",
-                    metadata: ["redis.masters": "\(topology.masters.map(\.description))"]
-                )
-                return topology
+        try await self.topologyRefresh.run { () throws(RedisError) -> ClusterTopology in
+            let candidates = self.cluster.withLock { state in (state.topology?.masters ?? []) + self.configuration.endpoints }
+            let topology = try await self.fetchTopology(from: candidates)
+            self.cluster.withLock { state in
+                state.topology = topology
+                state.isStale = false
             }
-            state.refresh = refresh
-            return refresh
-        }
-        do {
-            return try await task.value
-        } catch let error as RedisError {
-            throw error
-        } catch {
-            throw RedisError(.clusterUnavailable, "could not learn the cluster's slot map", underlying: error)
+            self.logger.debug("redis cluster slot map refreshed", metadata: ["redis.masters": "\(topology.masters.map(\.description))"])
+            return topology
         }
     }
 
@@ -389,7 +456,7 @@ public final class RedisClient: Sendable {
         var lastError: RedisError?
         for endpoint in candidates where seen.insert(endpoint).inserted {
             do throws(RedisError) {
-                let pool = self.pool(for: endpoint)
+                let pool = try self.pool(for: endpoint)
                 let topology: ClusterTopology
                 let shards = try await pool.send([RedisCommand("CLUSTER", "SHARDS")])[0]
                 if case .error = shards {
@@ -403,6 +470,8 @@ public final class RedisClient: Sendable {
                     throw RedisError(.clusterUnavailable, "\(endpoint) reports no master with slots")
                 }
                 return topology
+            } catch where error.code == .shutDown || error.code == .cancelled {
+                throw error
             } catch {
                 lastError = error
             }
@@ -419,7 +488,7 @@ public final class RedisClient: Sendable {
 /// (`connection failed`, `timeout`, `server error`, …). Cancelled waits are not failures.
 enum RedisMetrics {
     static func failed(_ error: RedisError) {
-        guard error.code != .cancelled else { return }
+        guard error.code != .cancelled, error.code != .shutDown else { return }
         Counter(label: "markov_redis_errors_total", dimensions: [("code", error.code.description)]).increment()
     }
 }

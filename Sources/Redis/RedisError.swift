@@ -9,7 +9,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: Hashable, Sendable {
             case connectionFailed, connectionClosed, timeout, protocolError, server, redirectLimit
-            case clusterUnavailable, invalidConfiguration, cancelled, transactionAborted
+            case clusterUnavailable, invalidConfiguration, cancelled, transactionAborted, shutDown
         }
 
         private let base: Base
@@ -35,6 +35,8 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         public static let cancelled = Code(.cancelled)
         /// A transaction did not run: a key it watched changed before `EXEC`.
         public static let transactionAborted = Code(.transactionAborted)
+        /// The client was shut down (``RedisClient/shutdown()``): it takes no more commands.
+        public static let shutDown = Code(.shutDown)
 
         public var description: String {
             switch self.base {
@@ -48,6 +50,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
             case .invalidConfiguration: "invalid configuration"
             case .cancelled: "cancelled"
             case .transactionAborted: "transaction aborted"
+            case .shutDown: "client shut down"
             }
         }
     }

@@ -5,25 +5,25 @@ import Synchronization
 /// The connections to one node: a few multiplexed connections shared round-robin by every caller, and
 /// dedicated connections leased one at a time for blocking commands.
 ///
-/// A dead connection is replaced on next use. Connecting retries with capped, jittered backoff until the
-/// command's deadline; concurrent callers share one attempt instead of stampeding the node.
+/// A dead connection is replaced on next use, in the task of the command that needs it (nothing runs in the
+/// background). Connecting retries with capped, jittered backoff until the command's deadline; concurrent callers
+/// share one attempt per slot (``SingleFlight``) instead of stampeding the node. ``shutdown()`` closes every
+/// connection, the dedicated ones in use included, and later calls fail with ``RedisError/Code/shutDown``.
 final class RedisNodePool: Sendable {
     let endpoint: RedisEndpoint
     private let configuration: RedisConfiguration
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
     private let state: Mutex<State>
-
-    private enum Slot {
-        case empty
-        case connecting(Task<RedisConnection, any Error>)
-        case ready(RedisConnection)
-    }
+    /// One connect attempt at a time per shared slot.
+    private let connects: [SingleFlight<RedisConnection>]
 
     private struct State {
-        var slots: [Slot]
+        var slots: [RedisConnection?]
         var next = 0
         var idleDedicated: [RedisConnection] = []
+        /// Dedicated connections leased to a caller now (closed by a shutdown).
+        var leased: [ObjectIdentifier: RedisConnection] = [:]
         var isShutDown = false
     }
 
@@ -35,7 +35,13 @@ final class RedisNodePool: Sendable {
         self.configuration = configuration
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
-        self.state = Mutex(State(slots: Array(repeating: .empty, count: max(1, configuration.connectionsPerNode))))
+        let count = max(1, configuration.connectionsPerNode)
+        self.state = Mutex(State(slots: Array(repeating: nil, count: count)))
+        self.connects = (0..<count).map { _ in SingleFlight() }
+    }
+
+    private var shutDownError: RedisError {
+        RedisError(.shutDown, "the Redis client was shut down; it takes no more commands (for \(self.endpoint))")
     }
 
     /// Sends a batch on one of the shared connections.
@@ -61,7 +67,7 @@ final class RedisNodePool: Sendable {
                 closeOnCancel: true
             )
         } catch {
-            connection.close()
+            self.discard(connection)
             throw error
         }
         self.keepOrClose(connection)
@@ -71,6 +77,7 @@ final class RedisNodePool: Sendable {
     /// Keeps a dedicated connection for reuse if it is still sound and there is room, else closes it.
     private func keepOrClose(_ connection: RedisConnection) {
         let kept = self.state.withLock { state in
+            state.leased.removeValue(forKey: ObjectIdentifier(connection))
             guard !state.isShutDown, connection.isUsable, state.idleDedicated.count < Self.maxIdleDedicated else {
                 return false
             }
@@ -90,93 +97,115 @@ final class RedisNodePool: Sendable {
         do {
             result = try await body(connection)
         } catch {
-            connection.close()
+            self.discard(connection)
             throw error
         }
         self.keepOrClose(connection)
         return result
     }
 
-    /// Closes every connection; later calls fail.
+    /// Closes a dedicated connection that failed or was cut short.
+    private func discard(_ connection: RedisConnection) {
+        _ = self.state.withLock { $0.leased.removeValue(forKey: ObjectIdentifier(connection)) }
+        connection.close()
+    }
+
+    /// Closes every connection (commands in flight on them fail); later calls fail with a clear error. A connect
+    /// under way closes its connection when it completes.
     func shutdown() {
-        let (slots, idle) = self.state.withLock { state in
+        let connections = self.state.withLock { state -> [RedisConnection] in
             state.isShutDown = true
             defer {
-                state.slots = state.slots.map { _ in .empty }
+                state.slots = state.slots.map { _ in nil }
                 state.idleDedicated = []
+                state.leased = [:]
             }
-            return (state.slots, state.idleDedicated)
+            return state.slots.compactMap { $0 } + state.idleDedicated + Array(state.leased.values)
         }
-        for slot in slots {
-            switch slot {
-            case .ready(let connection): connection.close()
-            case .connecting(let task): task.cancel()
-            case .empty: break
-            }
-        }
-        for connection in idle { connection.close() }
+        for connection in connections { connection.close() }
     }
+
+    /// Whether ``shutdown()`` was called.
+    var isShutDown: Bool { self.state.withLock { $0.isShutDown } }
 
     private func sharedConnection() async throws(RedisError) -> RedisConnection {
         enum Pick {
             case ready(RedisConnection)
-            case wait(Task<RedisConnection, any Error>)
+            case connect(Int)
             case shutDown
         }
         let pick: Pick = self.state.withLock { state in
             guard !state.isShutDown else { return .shutDown }
             let index = state.next
             state.next = (state.next + 1) % state.slots.count
-            switch state.slots[index] {
-            case .ready(let connection) where connection.isUsable:
-                return .ready(connection)
-            case .connecting(let task):
-                return .wait(task)
-            case .ready, .empty:
-                let task = Task { [self] in
-                    do {
-                        let connection = try await self.connectRetrying()
-                        let keep = self.state.withLock { state in
-                            guard !state.isShutDown else { return false }
-                            state.slots[index] = .ready(connection)
-                            return true
-                        }
-                        if !keep { connection.close() }
-                        return connection
-                    } catch {
-                        self.state.withLock { state in state.slots[index] = .empty }
-                        throw error
-                    }
-                }
-                state.slots[index] = .connecting(task)
-                return .wait(task)
-            }
+            if let connection = state.slots[index], connection.isUsable { return .ready(connection) }
+            return .connect(index)
         }
         switch pick {
         case .ready(let connection):
             return connection
         case .shutDown:
-            throw RedisError(.connectionClosed, "the Redis client for \(self.endpoint) was shut down")
-        case .wait(let task):
-            do {
-                return try await task.value
-            } catch let error as RedisError {
-                throw error
-            } catch {
-                throw RedisError(.connectionFailed, "could not connect to Redis at \(self.endpoint)", underlying: error)
+            throw self.shutDownError
+        case .connect(let index):
+            return try await self.connects[index].run { () throws(RedisError) -> RedisConnection in
+                // Another caller's attempt may have filled the slot meanwhile.
+                let current = self.state.withLock { state -> RedisConnection? in
+                    guard let connection = state.slots[index], connection.isUsable else { return nil }
+                    return connection
+                }
+                if let current { return current }
+                let connection = try await self.connectRetrying()
+                let kept = self.state.withLock { state -> Bool in
+                    guard !state.isShutDown else { return false }
+                    state.slots[index] = connection
+                    return true
+                }
+                guard kept else {
+                    connection.close()
+                    throw self.shutDownError
+                }
+                return connection
             }
         }
     }
 
+    /// A connection of the caller's own, reused from the idle ones when one is sound; leased until it is kept or
+    /// closed, so that a shutdown closes it even mid-command.
     private func dedicatedConnection() async throws(RedisError) -> RedisConnection {
-        let reused: RedisConnection? = self.state.withLock { state in
-            while let connection = state.idleDedicated.popLast() {
-                if connection.isUsable { return connection }
-            }
-            return nil
+        enum Pick {
+            case reused(RedisConnection)
+            case connect
+            case shutDown
         }
-        if let reused { return reused }
-        return try await self.connectRetrying()
+        let pick: Pick = self.state.withLock { state in
+            guard !state.isShutDown else { return .shutDown }
+            while let connection = state.idleDedicated.popLast() {
+                if connection.isUsable {
+                    state.leased[ObjectIdentifier(connection)] = connection
+                    return .reused(connection)
+                }
+                connection.close()
+            }
+            return .connect
+        }
+        switch pick {
+        case .reused(let connection):
+            return connection
+        case .shutDown:
+            throw self.shutDownError
+        case .connect:
+            let connection = try await self.connectRetrying()
+            let leased = self.state.withLock { state -> Bool in
+                guard !state.isShutDown else { return false }
+                state.leased[ObjectIdentifier(connection)] = connection
+                return true
+            }
+            guard leased else {
+                connection.close()
+                throw self.shutDownError
+            }
+            return connection
+        }
     }
 
     /// Connects, retrying with jittered backoff until the command deadline has passed.
@@ -207,7 +236,9 @@ final class RedisNodePool: Sendable {
                     "redis connect retry",
                     metadata: ["redis.endpoint": "\(self.endpoint)", "redis.attempt": "\(attempt)"]
                 )
-                try? await Task.sleep(for: delay)
+                guard await Backoff.sleep(delay) else {
+                    throw RedisError(.cancelled, "cancelled while connecting to Redis at \(self.endpoint)", underlying: error)
+                }
             }
         }
     }

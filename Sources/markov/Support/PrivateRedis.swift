@@ -77,7 +77,7 @@ final class PrivateRedis: Sendable {
         guard kill(pid, SIGTERM) == 0 else { return }
         let deadline = ContinuousClock.now + .seconds(30)
         while kill(pid, 0) == 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
+            guard await Backoff.sleep(.milliseconds(20)) else { return }
         }
     }
 

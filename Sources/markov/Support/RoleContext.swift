@@ -67,14 +67,18 @@ extension RoleContext {
     }
 }
 
-/// The Redis client as a service: it stays up until graceful shutdown reaches it, which happens after the
-/// services listed after it (the roles using it) have finished, then closes its connections.
+/// The Redis client as a service: its background work (``RedisClient/run()``) runs until graceful shutdown
+/// reaches this service, which happens after the services listed after it (the roles using it) have finished;
+/// then the client closes every connection and `run()` returns.
 struct RedisClientService: Service {
     let client: RedisClient
 
     func run() async throws {
-        try? await gracefulShutdown()
-        self.client.shutdown()
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.client.run() }
+            try? await gracefulShutdown()
+            self.client.shutdown()
+        }
     }
 }
 
