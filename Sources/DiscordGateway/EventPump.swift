@@ -72,14 +72,15 @@ final class EventPump: Sendable {
     var backlog: Int { self.state.withLock { $0.items.count } }
 
     /// Queues one dispatch's event (if it has one) and the shard's session as of that dispatch; waits while
-    /// ``maxBacklog`` events are already waiting. A submitter cancelled while it waits returns without queueing:
-    /// its shard is stopping, and its checkpoint, behind this dispatch, makes the resume replay it.
+    /// ``maxBacklog`` events are already waiting. A submitter cancelled while it waits stops waiting and queues
+    /// its event past the bound: nothing read from Discord is dropped (the shard resumes from the last dispatch
+    /// it read, so an event not queued would never come back).
     func submit(shard: Int, event: ChainEvent?, checkpoint: GatewaySession?) async {
         var warned = false
-        while !Task.isCancelled {
+        while true {
             enum Outcome { case queued(CheckedContinuation<Void, Never>?), full }
             let outcome = self.state.withLock { state -> Outcome in
-                guard self.hasRoom(state) else { return .full }
+                guard self.hasRoom(state) || Task.isCancelled else { return .full }
                 state.items.append(Item(shard: shard, event: event, checkpoint: checkpoint))
                 defer { state.waiter = nil }
                 return .queued(state.waiter)
