@@ -25,6 +25,7 @@ final class EventPump: Sendable {
         var shard: Int
         var event: ChainEvent?
         var checkpoint: GatewaySession?
+        var fence: ShardFence?
     }
 
     private struct State {
@@ -36,6 +37,8 @@ final class EventPump: Sendable {
         var finished = false
         /// Shutting down: submissions no longer wait for room (the shards must be able to stop).
         var draining = false
+        /// A batch is being written.
+        var writing = false
     }
 
     /// Counts since start.
@@ -49,6 +52,8 @@ final class EventPump: Sendable {
     private let state = Mutex(State())
     /// Shards with events the pump gave up on: their checkpoints must never pass those events again.
     private let abandoned = Mutex<Set<Int>>([])
+    /// Shards whose checkpoint was refused because their lease moved on.
+    private let fenced = Mutex<Set<Int>>([])
     private let counters = Mutex(Statistics())
     private let log: EventLog
     private let store: GatewayStore
@@ -68,6 +73,27 @@ final class EventPump: Sendable {
 
     var statistics: Statistics { self.counters.withLock { $0 } }
 
+    /// Takes the shards whose checkpoints were refused since the last call (their lease moved on).
+    func takeFenced() -> Set<Int> {
+        self.fenced.withLock { shards in
+            defer { shards = [] }
+            return shards
+        }
+    }
+
+    /// Forgets that a shard's events were given up on: a new holding of the shard starts clean.
+    func reset(shard: Int) {
+        _ = self.abandoned.withLock { $0.remove(shard) }
+        _ = self.fenced.withLock { $0.remove(shard) }
+    }
+
+    /// Waits until every event queued so far is written (or given up on), so a shard handed over is checkpointed.
+    func settled() async {
+        while self.state.withLock({ !$0.items.isEmpty || $0.writing }) {
+            guard await Backoff.sleep(.milliseconds(10)) else { return }
+        }
+    }
+
     /// Events waiting to be written.
     var backlog: Int { self.state.withLock { $0.items.count } }
 
@@ -75,13 +101,13 @@ final class EventPump: Sendable {
     /// ``maxBacklog`` events are already waiting. A submitter cancelled while it waits stops waiting and queues
     /// its event past the bound: nothing read from Discord is dropped (the shard resumes from the last dispatch
     /// it read, so an event not queued would never come back).
-    func submit(shard: Int, event: ChainEvent?, checkpoint: GatewaySession?) async {
+    func submit(shard: Int, event: ChainEvent?, checkpoint: GatewaySession?, fence: ShardFence? = nil) async {
         var warned = false
         while true {
             enum Outcome { case queued(CheckedContinuation<Void, Never>?), full }
             let outcome = self.state.withLock { state -> Outcome in
                 guard self.hasRoom(state) || Task.isCancelled else { return .full }
-                state.items.append(Item(shard: shard, event: event, checkpoint: checkpoint))
+                state.items.append(Item(shard: shard, event: event, checkpoint: checkpoint, fence: fence))
                 defer { state.waiter = nil }
                 return .queued(state.waiter)
             }
@@ -149,6 +175,7 @@ final class EventPump: Sendable {
     func run() async {
         while let batch = await self.next() {
             await self.write(batch)
+            self.state.withLock { $0.writing = false }
         }
     }
 
@@ -157,6 +184,7 @@ final class EventPump: Sendable {
             enum Step { case batch([Item]), done, wait }
             let (step, blocked) = self.state.withLock { state -> (Step, [CheckedContinuation<Void, Never>]) in
                 if !state.items.isEmpty {
+                    state.writing = true
                     defer {
                         state.items.removeAll(keepingCapacity: true)
                         state.blocked = [:]
@@ -244,15 +272,23 @@ final class EventPump: Sendable {
             }
         }
         // Every event of the batch is in the log: checkpoint each shard at its last dispatch of the batch.
-        var checkpoints: [Int: GatewaySession] = [:]
-        for item in batch { if let checkpoint = item.checkpoint { checkpoints[item.shard] = checkpoint } }
+        var checkpoints: [Int: (session: GatewaySession, fence: ShardFence?)] = [:]
+        for item in batch { if let checkpoint = item.checkpoint { checkpoints[item.shard] = (checkpoint, item.fence) } }
         for shard in self.abandoned.withLock({ $0 }) { checkpoints.removeValue(forKey: shard) }
-        let commands = checkpoints.sorted { $0.key < $1.key }.map { GatewayStore.saveCommand(shard: $0.key, session: $0.value) }
+        let ordered = checkpoints.sorted { $0.key < $1.key }
+        let commands = ordered.map { GatewayStore.saveCommand(shard: $0.key, session: $0.value.session, fence: $0.value.fence) }
         if !commands.isEmpty {
-            for result in await self.store.redis.pipeline(commands) {
-                if case .failure(let error) = result {
+            for ((shard, checkpoint), result) in zip(ordered, await self.store.redis.pipeline(commands)) {
+                switch result {
+                case .failure(let error):
                     // Harmless: the checkpoint stays behind, and the next batch writes a newer one.
                     self.logger.warning("session checkpoint failed", metadata: ["error": "\(error)"])
+                case .success(let reply) where checkpoint.fence != nil && reply.int != 1:
+                    // The shard's lease moved on (this process was paused past it): the new holder owns the session.
+                    self.logger.warning("session checkpoint refused: the shard's lease is held by another process", metadata: ["shard": "\(shard)"])
+                    self.fenced.withLock { _ = $0.insert(shard) }
+                case .success:
+                    break
                 }
             }
         }

@@ -11,8 +11,17 @@ import Synchronization
 /// no state of its own (sessions, identify slots and the bot user live in Redis, see ``GatewayStore``), so a
 /// process can be killed, restarted or replaced: its successor resumes the sessions instead of identifying.
 ///
-/// On graceful shutdown every shard closes with a resumable code, the queued events are written, and the
-/// sessions are checkpointed; then ``run()`` returns.
+/// Every shard a process holds is leased in Redis (``LeaseTable``, group `gateways`, with a fencing epoch): a shard
+/// is held by at most one process at a time, and its session checkpoints are written only while the lease is held
+/// at that epoch, so a process paused past its lease can never checkpoint again (it closes and lets go). With
+/// ``Configuration/leaseShards`` the processes share the shards evenly through the group's members and rebalance
+/// within seconds when one joins or leaves; a dead process's shards are taken over after its lease expires,
+/// resuming their sessions from Redis. Otherwise the process holds its listed shards, waiting (and saying so)
+/// while another process holds one. A shard handed over closes with a resumable code, its events are written and
+/// its session checkpointed, and only then is its lease released.
+///
+/// On graceful shutdown every shard closes with a resumable code, the queued events are written, the sessions are
+/// checkpointed and the leases released; then ``run()`` returns.
 public final class GatewayService: Service, Sendable {
     public struct Configuration: Sendable {
         /// The bot token. Secret: never logged.
@@ -37,8 +46,16 @@ public final class GatewayService: Service, Sendable {
         public var reconnectBackoffCap: Duration = .seconds(30)
         /// Events that may wait in memory for the event log (Redis unreachable) before the shards stop reading.
         public var eventBacklog = 50_000
-        /// Unique per process.
+        /// Unique per process; also its name in the `gateways` lease group.
         public var owner: String
+        /// Take shards from the lease group (shared evenly with the other gateway processes) instead of `shards`.
+        public var leaseShards = false
+        /// A shard's lease lasts this long unless renewed: a dead process's shards move after it.
+        public var leaseTTL: Duration = .seconds(10)
+        /// How often leases are renewed and the assignment checked.
+        public var heartbeat: Duration = .seconds(1)
+        /// The lease group's name.
+        public var leaseGroup = "gateways"
 
         public init(token: String, owner: String) {
             self.token = token
@@ -64,7 +81,10 @@ public final class GatewayService: Service, Sendable {
     private let log: EventLog
     private let store: GatewayStore
     private let logger: Logger
+    /// The shards held now.
     private let runners = Mutex<[ShardRunner]>([])
+    /// Every shard runner this process started, for the statistics.
+    private let everyRunner = Mutex<[ShardRunner]>([])
     private let fatalErrors = Mutex<[GatewayShardError]>([])
     private let pump: EventPump
 
@@ -94,7 +114,7 @@ public final class GatewayService: Service, Sendable {
 
     public var statistics: Statistics {
         var statistics = Statistics()
-        for runner in self.runners.withLock({ $0 }) {
+        for runner in self.everyRunner.withLock({ $0 }) {
             let shard = runner.statistics
             statistics.connects += shard.connects
             statistics.identifies += shard.identifies
@@ -114,8 +134,8 @@ public final class GatewayService: Service, Sendable {
         let plan = try await self.plan()
         self.logger.info(
             "starting shards",
-            metadata: ["shards": "\(plan.shards.map(String.init).joined(separator: ","))", "shard_count": "\(plan.shardCount)",
-                       "max_concurrency": "\(plan.maxConcurrency)", "gateway": "\(plan.url)"]
+            metadata: ["shards": "\(self.configuration.leaseShards ? "leased" : plan.shards.map(String.init).joined(separator: ","))",
+                       "shard_count": "\(plan.shardCount)", "max_concurrency": "\(plan.maxConcurrency)", "gateway": "\(plan.url)"]
         )
         let settings = ShardRunner.Settings(
             token: self.configuration.token, intents: self.configuration.intents, gatewayURL: plan.url,
@@ -123,55 +143,155 @@ public final class GatewayService: Service, Sendable {
             identifyInterval: self.configuration.identifyInterval, maxMessageSize: self.configuration.maxMessageSize,
             reconnectBackoffCap: self.configuration.reconnectBackoffCap, name: "markov", owner: self.configuration.owner
         )
-        var runners: [ShardRunner] = []
-        for id in plan.shards {
-            let shard = ShardID(id: id, count: plan.shardCount)
-            var session = try? await self.store.session(shard: id)
-            if let stored = session, stored.shardCount != plan.shardCount {
-                self.logger.notice(
-                    "discarding a stored session of another shard count",
-                    metadata: ["shard": "\(shard)", "stored_shard_count": "\(stored.shardCount)"]
-                )
-                try? await self.store.deleteSession(shard: id)
-                session = nil
-            }
-            runners.append(ShardRunner(shard: shard, session: session, settings: settings, pump: self.pump,
-                                       store: self.store, logger: self.logger))
-        }
-        self.runners.withLock { [runners] in $0 = runners }
-        let shardRunners = runners
-
-        await withGracefulShutdownHandler {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { await self.pump.run() }
-                await withTaskGroup(of: Void.self) { shards in
-                    for runner in shardRunners {
-                        shards.addTask {
-                            do {
-                                try await runner.run()
-                            } catch let error as GatewayShardError {
-                                // One shard's fatal error does not take the others down.
-                                self.fatalErrors.withLock { $0.append(error) }
-                            } catch {
-                                self.logger.error("shard failed", metadata: ["shard": "\(runner.shard)", "error": "\(error)"])
-                            }
-                        }
-                    }
-                }
-                self.pump.finish()
-            }
-        } onGracefulShutdown: {
-            self.pump.drain()
-            Task {
-                await withTaskGroup(of: Void.self) { group in
-                    for runner in shardRunners { group.addTask { await runner.stop() } }
-                }
-            }
+        let leases = LeaseTable(redis: self.log.redis, group: self.configuration.leaseGroup, count: plan.shardCount)
+        try await leases.prepare()
+        let fatal: GatewayShardError? = await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.pump.run() }
+            let fatal = await self.hold(plan: plan, settings: settings, leases: leases)
+            self.pump.finish()
+            return fatal
         }
         self.logger.info("gateway stopped", metadata: ["events_appended": "\(self.pump.statistics.appended)"])
         // When no shard is left for a fatal reason, the process fails with it (a bad token, a missing intent).
-        let fatal = self.fatalErrors.withLock { $0 }
-        if let first = fatal.first, fatal.count == shardRunners.count { throw first }
+        if let fatal { throw fatal }
+    }
+
+    /// One holding of a shard: its runner and lease epoch, and whether the runner has ended.
+    private final class Holding: Sendable {
+        let runner: ShardRunner
+        let epoch: UInt64
+        let ended = Atomic<Bool>(false)
+        let fatal = Mutex<GatewayShardError?>(nil)
+        /// Being handed over: its runner stops, then its lease is released.
+        let leaving = Atomic<Bool>(false)
+        let released = Atomic<Bool>(false)
+
+        init(runner: ShardRunner, epoch: UInt64) {
+            self.runner = runner
+            self.epoch = epoch
+        }
+    }
+
+    /// Takes, renews and gives back shard leases until a graceful shutdown, running a shard's connection while its
+    /// lease is held; returns a fatal error when every shard held ended with one.
+    private func hold(plan: Plan, settings: ShardRunner.Settings, leases: LeaseTable) async -> GatewayShardError? {
+        let member = self.configuration.owner
+        let ttl = self.configuration.leaseTTL
+        var held: [Int: Holding] = [:]
+        var reportedWaiting: Set<Int> = []
+        var fatal: GatewayShardError?
+        await withDiscardingTaskGroup { group in
+            func publish() { self.runners.withLock { $0 = held.values.filter { !$0.leaving.load(ordering: .relaxed) }.map(\.runner) } }
+            /// Stops a holding's runner, waits for its events to be written and its session checkpointed (bounded),
+            /// then gives the lease back.
+            func handOver(_ shard: Int, _ holding: Holding, release: Bool) {
+                holding.leaving.store(true, ordering: .relaxed)
+                group.addTask {
+                    await holding.runner.stop()
+                    let deadline = ContinuousClock.now + .seconds(5)
+                    while !holding.ended.load(ordering: .relaxed) && ContinuousClock.now < deadline {
+                        guard await Backoff.sleep(.milliseconds(20)) else { break }
+                    }
+                    await self.pump.settled()
+                    if release { try? await leases.release(shard, member: member, epoch: holding.epoch) }
+                    holding.released.store(true, ordering: .relaxed)
+                }
+            }
+            var failures = 0
+            while !Task.isShuttingDownGracefully && !Task.isCancelled {
+                do throws(RedisError) {
+                    let target: Set<Int>
+                    if self.configuration.leaseShards {
+                        let members = try await leases.heartbeat(member: member, ttl: ttl)
+                        target = LeaseTable.assignment(members: members, count: plan.shardCount)[member] ?? []
+                    } else {
+                        target = Set(plan.shards)
+                    }
+                    // Leases lost (this process was paused or cut off past them), or checkpoints refused: the shard
+                    // is someone else's now. Its connection closes; nothing of it is written again.
+                    let kept = await leases.renew(held.filter { !$0.value.released.load(ordering: .relaxed) }.mapValues(\.epoch), member: member, ttl: ttl)
+                    let refused = self.pump.takeFenced()
+                    for (shard, holding) in held where !holding.leaving.load(ordering: .relaxed) && (!kept.contains(shard) || refused.contains(shard)) {
+                        self.logger.warning("lost the lease of a shard; closing its connection", metadata: ["shard": "\(shard)"])
+                        handOver(shard, holding, release: false)
+                    }
+                    for (shard, holding) in held where holding.released.load(ordering: .relaxed) { held[shard] = nil }
+                    // Shards assigned elsewhere now: handed over.
+                    for (shard, holding) in held where !target.contains(shard) && !holding.leaving.load(ordering: .relaxed) {
+                        self.logger.info("handing a shard over", metadata: ["shard": "\(shard)"])
+                        handOver(shard, holding, release: true)
+                    }
+                    // Shards assigned here: taken when free.
+                    for shard in target.sorted() where held[shard] == nil {
+                        switch try await leases.acquire(shard, member: member, ttl: ttl) {
+                        case .acquired(let epoch):
+                            reportedWaiting.remove(shard)
+                            let holding = try await self.start(shard, epoch: epoch, plan: plan, settings: settings, leases: leases)
+                            held[shard] = holding
+                            group.addTask {
+                                do {
+                                    try await holding.runner.run()
+                                } catch let error as GatewayShardError {
+                                    // One shard's fatal error does not take the others down.
+                                    self.fatalErrors.withLock { $0.append(error) }
+                                    holding.fatal.withLock { $0 = error }
+                                } catch {
+                                    self.logger.error("shard failed", metadata: ["shard": "\(shard)", "error": "\(error)"])
+                                }
+                                holding.ended.store(true, ordering: .relaxed)
+                            }
+                        case .held(let holder):
+                            if reportedWaiting.insert(shard).inserted {
+                                self.logger.notice(
+                                    "the shard is held by another process; waiting for its lease",
+                                    metadata: ["shard": "\(shard)", "holder": "\(holder)"]
+                                )
+                            }
+                        }
+                    }
+                    publish()
+                    failures = 0
+                } catch {
+                    failures += 1
+                    self.logger.warning("cannot renew or take shard leases; retrying", metadata: ["error": "\(error)", "attempt": "\(failures)"])
+                }
+                // Every shard this process should hold ended for a fatal reason: stop.
+                let live = held.values.filter { !$0.leaving.load(ordering: .relaxed) }
+                if !live.isEmpty, live.allSatisfy({ $0.ended.load(ordering: .relaxed) && $0.fatal.withLock({ $0 }) != nil }) {
+                    fatal = live.first?.fatal.withLock { $0 }
+                    break
+                }
+                guard await Backoff.sleep(self.configuration.heartbeat) else { break }
+            }
+            // Shutting down: every shard closes resumably, its events are written and its lease given back.
+            self.pump.drain()
+            for (shard, holding) in held where !holding.leaving.load(ordering: .relaxed) { handOver(shard, holding, release: true) }
+            publish()
+        }
+        if self.configuration.leaseShards { try? await leases.leave(member: member) }
+        return fatal
+    }
+
+    /// Starts holding a shard under a lease just taken: its stored session (when it is of this shard count) is
+    /// resumed.
+    private func start(_ id: Int, epoch: UInt64, plan: Plan, settings: ShardRunner.Settings, leases: LeaseTable) async throws(RedisError) -> Holding {
+        let shard = ShardID(id: id, count: plan.shardCount)
+        var session = try await self.store.session(shard: id)
+        if let stored = session, stored.shardCount != plan.shardCount {
+            self.logger.notice(
+                "discarding a stored session of another shard count",
+                metadata: ["shard": "\(shard)", "stored_shard_count": "\(stored.shardCount)"]
+            )
+            try? await self.store.deleteSession(shard: id)
+            session = nil
+        }
+        self.pump.reset(shard: id)
+        let fence = ShardFence(leaseKey: leases.leaseKey(id), member: self.configuration.owner, epoch: epoch)
+        let runner = ShardRunner(shard: shard, session: session, settings: settings, pump: self.pump, store: self.store,
+                                 fence: fence, logger: self.logger)
+        self.everyRunner.withLock { $0.append(runner) }
+        self.logger.info("holding a shard", metadata: ["shard": "\(shard)", "epoch": "\(epoch)", "resume": "\(session != nil)"])
+        return Holding(runner: runner, epoch: epoch)
     }
 
     private struct Plan {
@@ -205,6 +325,14 @@ public final class GatewayService: Service, Sendable {
                     metadata: ["identifies_left": "\(bot.sessionStartLimit.remaining)"]
                 )
             }
+        }
+        if self.configuration.shardCount == nil, let discovered = shardCount {
+            // `auto`: every gateway uses the count the first one found (resharding is an operator's step).
+            let agreed = try await self.store.agreedShardCount(discovered: discovered)
+            if agreed != discovered {
+                self.logger.notice("using the shard count the gateways agreed on", metadata: ["agreed": "\(agreed)", "recommended": "\(discovered)"])
+            }
+            shardCount = agreed
         }
         guard let url, let shardCount, shardCount > 0 else {
             throw GatewayConfigurationError(description: "no gateway URL or shard count: set DISCORD_GATEWAY_URL and --shard-count, or let discovery run")

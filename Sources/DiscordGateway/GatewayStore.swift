@@ -7,7 +7,8 @@ import Redis
 ///
 /// | key | type | what |
 /// |---|---|---|
-/// | `gateway:session:<shard>` | hash `session_id resume_url seq shard_count updated_ms` | the shard's resumable session |
+/// | `gateway:session:{<shard>}` | hash `session_id resume_url seq shard_count updated_ms` | the shard's resumable session, in the slot of its lease (`gateways:lease:{<shard>}`); read from `gateway:session:<shard>` (earlier versions) when absent |
+/// | `gateway:shard-count` | string | the shard count every gateway process uses, fixed by the first that starts with `--shard-count auto` |
 /// | `gateway:identify:<max_concurrency>:<bucket>` | string (owner process/shard) with an expiry | the bucket's identify slot: held from before connecting (at most 10 s + the interval) until the interval after the identify was sent |
 /// | `gateway:limits` | hash `total remaining reset_at_ms max_concurrency updated_ms` | identify limits from discovery |
 /// | `bot:user` | hash `id application_id` | the bot user (READY), for mention detection |
@@ -18,7 +19,10 @@ public struct GatewayStore: Sendable {
 
     public init(redis: RedisClient) { self.redis = redis }
 
-    public static func sessionKey(shard: Int) -> String { "gateway:session:\(shard)" }
+    public static func sessionKey(shard: Int) -> String { "gateway:session:{\(shard)}" }
+    /// Where earlier versions kept the session (another slot than the shard's lease).
+    static func legacySessionKey(shard: Int) -> String { "gateway:session:\(shard)" }
+    public static let shardCountKey = "gateway:shard-count"
     public static func identifyKey(maxConcurrency: Int, bucket: Int) -> String {
         "gateway:identify:\(maxConcurrency):\(bucket)"
     }
@@ -27,7 +31,10 @@ public struct GatewayStore: Sendable {
 
     /// The stored session of a shard, if any.
     public func session(shard: Int) async throws(RedisError) -> GatewaySession? {
-        let reply = try await self.redis.send(RedisCommand("HGETALL", .string(Self.sessionKey(shard: shard))))
+        var reply = try await self.redis.send(RedisCommand("HGETALL", .string(Self.sessionKey(shard: shard))))
+        if reply.array?.isEmpty != false {
+            reply = try await self.redis.send(RedisCommand("HGETALL", .string(Self.legacySessionKey(shard: shard))))
+        }
         let flat = reply.array ?? []
         var fields: [String: String] = [:]
         for index in stride(from: 0, to: flat.count - 1, by: 2) {
@@ -39,19 +46,32 @@ public struct GatewayStore: Sendable {
         return GatewaySession(sessionID: id, resumeURL: url, sequence: seq, shardCount: count)
     }
 
-    /// The command that records a session checkpoint.
-    static func saveCommand(shard: Int, session: GatewaySession) -> RedisCommand {
-        RedisCommand(
-            "HSET",
-            .string(Self.sessionKey(shard: shard)), "session_id", .string(session.sessionID),
-            "resume_url", .string(session.resumeURL), "seq", .integer(session.sequence),
-            "shard_count", .integer(session.shardCount), "updated_ms", .integer(Self.nowMilliseconds())
+    /// The command that records a session checkpoint; with a fence, only while the shard's lease is held at that
+    /// epoch (`lease_fenced_hset`: a process that lost the shard answers 0 and writes nothing).
+    static func saveCommand(shard: Int, session: GatewaySession, fence: ShardFence? = nil) -> RedisCommand {
+        let fields: [RedisArgument] = [
+            "session_id", .string(session.sessionID), "resume_url", .string(session.resumeURL), "seq", .integer(session.sequence),
+            "shard_count", .integer(session.shardCount), "updated_ms", .integer(Self.nowMilliseconds()),
+        ]
+        guard let fence else { return RedisCommand("HSET", [.string(Self.sessionKey(shard: shard))] + fields) }
+        return RedisCommand(
+            "FCALL",
+            ["lease_fenced_hset", 2, .string(fence.leaseKey), .string(Self.sessionKey(shard: shard)), .string(fence.member),
+             .integer(Int(fence.epoch))] + fields
         )
     }
 
     /// Forgets a shard's session (it cannot be resumed).
     public func deleteSession(shard: Int) async throws(RedisError) {
         try await self.redis.send(RedisCommand("DEL", .string(Self.sessionKey(shard: shard))))
+        try await self.redis.send(RedisCommand("DEL", .string(Self.legacySessionKey(shard: shard))))
+    }
+
+    /// The shard count all gateways use: the stored one, else `discovered`, stored for the others (first wins).
+    public func agreedShardCount(discovered: Int) async throws(RedisError) -> Int {
+        _ = try await self.redis.send(RedisCommand("SET", .string(Self.shardCountKey), .integer(discovered), "NX"))
+        let stored = try await self.redis.send(RedisCommand("GET", .string(Self.shardCountKey))).string.flatMap { Int($0) }
+        return stored ?? discovered
     }
 
     /// How long an identify slot is held before the identify is sent: connecting and the Hello come first. A process
@@ -137,4 +157,11 @@ public struct GatewayStore: Sendable {
     }
 
     static func nowMilliseconds() -> Int { Int(Date().timeIntervalSince1970 * 1000) }
+}
+
+/// Who may checkpoint a shard: its lease's holder at an epoch.
+struct ShardFence: Sendable, Hashable {
+    var leaseKey: String
+    var member: String
+    var epoch: UInt64
 }

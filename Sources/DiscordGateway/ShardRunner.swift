@@ -59,9 +59,13 @@ final class ShardRunner: Sendable {
     /// Whether the shard's current connection is identified or resumed.
     var isReady: Bool { self.live.load(ordering: .relaxed) }
 
+    /// The lease this holding of the shard is fenced by (none for a shard not leased).
+    let fence: ShardFence?
+
     init(shard: ShardID, session: GatewaySession?, settings: Settings, pump: EventPump, store: GatewayStore,
-         logger: Logger) {
+         fence: ShardFence? = nil, logger: Logger) {
         self.shard = shard
+        self.fence = fence
         self.settings = settings
         self.machine = Mutex(GatewayStateMachine(shard: shard, restoring: session))
         self.pump = pump
@@ -321,7 +325,7 @@ final class ShardRunner: Sendable {
                 GatewayMetrics.dispatches.increment()
                 let checkpoint = self.machine.withLock { $0.checkpoint }
                 await self.pump.submit(shard: self.shard.id, event: self.withThreadParent(frame.chainEvent(shard: self.shard.id)),
-                                       checkpoint: checkpoint)
+                                       checkpoint: checkpoint, fence: self.fence)
             case .close(let code, let reason):
                 if reason.hasPrefix("zombie") {
                     self.counters.withLock { $0.zombies += 1 }

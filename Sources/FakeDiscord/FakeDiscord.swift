@@ -147,6 +147,8 @@ public final class FakeDiscord: Sendable {
 
     public var identifies: [IdentifyRecord] { self.state.withLockedValue { $0.identifies } }
     public var resumeCount: Int { self.state.withLockedValue { $0.resumes.count } }
+    /// Every accepted resume: the shard and when.
+    public var resumes: [(shard: Int, at: ContinuousClock.Instant)] { self.state.withLockedValue { $0.resumes } }
     /// Broken rules: identifies inside a bucket's interval, send budget exceeded, bad payloads.
     public var violations: [String] { self.state.withLockedValue { $0.violations } }
     public var httpRequests: [String] { self.state.withLockedValue { $0.httpRequests } }
@@ -290,6 +292,10 @@ public final class FakeDiscord: Sendable {
         guard accepted else { return connection.send("{\"op\":9,\"d\":false}") }
         let session = FakeSession(id: UUID().uuidString.lowercased(), shard: shard)
         self.state.withLockedValue { state in
+            // Two live sessions of one shard: two processes hold it.
+            if let live = state.connections[shard], live !== connection, live.channel.isActive {
+                state.violations.append("shard \(shard) identified while another connection holds a session of it")
+            }
             // A new identify supersedes the shard's earlier session.
             if let old = state.currentSession[shard] { state.sessions.removeValue(forKey: old.id) }
             state.sessions[session.id] = session

@@ -1,6 +1,6 @@
 #!lua name=markov_leases
 --[[
-Leases on numbered resources (event-log partitions), shared by the live members of a group: a member registers
+Leases on numbered resources (event-log partitions, gateway shards), shared by the live members of a group: a member registers
 with a heartbeat, and each resource is held by at most one member at a time, with a fencing epoch that grows with
 every new holder. Keys: '<group>:members' (sorted set, member -> expiry in ms of the server's clock),
 '<group>:lease:{<n>}' (string 'member epoch', with a TTL) and '<group>:epoch:{<n>}' (the last epoch given), the
@@ -71,7 +71,17 @@ local function prune(keys, args)
     return removed
 end
 
+-- lease_fenced_hset(lease, hash; member, epoch, field, value, ...) -> 1 when the lease is held by member at epoch
+-- and the fields were written, else 0 (nothing written): a holder that lost its lease (paused past it, say) can
+-- never write what the lease guards. The hash must be in the lease's slot.
+local function fenced_hset(keys, args)
+    if redis.call('GET', keys[1]) ~= args[1] .. ' ' .. args[2] then return 0 end
+    redis.call('HSET', keys[2], unpack(args, 3))
+    return 1
+end
+
 redis.register_function('consumers_prune', prune)
+redis.register_function('lease_fenced_hset', fenced_hset)
 redis.register_function('lease_heartbeat', heartbeat)
 redis.register_function('lease_acquire', acquire)
 redis.register_function('lease_renew', renew)

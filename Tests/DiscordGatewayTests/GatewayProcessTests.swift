@@ -305,6 +305,122 @@ extension GatewayIntegrationTests {
             await fake.stop()
         }
 
+        /// The holder of each shard lease (`gateways:lease:{n}`), by process name.
+        static func holders(_ harness: GatewayHarness, shards: Int) async throws -> [Int: String] {
+            var holders: [Int: String] = [:]
+            for shard in 0..<shards {
+                if let value = try await harness.redis.send(RedisCommand("GET", .string("gateways:lease:{\(shard)}"))).string {
+                    holders[shard] = String(value.split(separator: " ")[0])
+                }
+            }
+            return holders
+        }
+
+        /// Every message id in the live streams, with how many entries carry it.
+        static func messageIDs(_ harness: GatewayHarness) async throws -> [String: Int] {
+            var ids: [String: Int] = [:]
+            for partition in 0..<GatewayHarness.partitions {
+                let entries = try await harness.redis.send(RedisCommand("XRANGE", .string(harness.log.keys.stream(partition)), "-", "+")).array ?? []
+                for entry in entries {
+                    let fields = entry.array?[1].array ?? []
+                    for index in stride(from: 0, to: fields.count - 1, by: 2) where fields[index].string == "id" {
+                        ids[fields[index + 1].string ?? "", default: 0] += 1
+                    }
+                }
+            }
+            return ids
+        }
+
+        @Test("three leased gateway processes share 16 shards; a SIGKILLed one's shards are resumed elsewhere, a new one takes its share, a SIGSTOPped one past its lease lets go when it wakes: never two sessions of a shard, no identify after the first, every message in the log")
+        func leasedGateways() async throws {
+            let harness = try await GatewayHarness()
+            defer { harness.redis.shutdown() }
+            let shardCount = 16
+            let fake = try await GatewayHarness.fake(shards: shardCount) { $0.heartbeatInterval = 1_000 }
+            let arguments = ["gateway", "--shard-count", "\(shardCount)", "--identify-interval-ms", "300", "--lease-ttl", "3"]
+            var processes = try (0..<3).map { _ in try Self.start(arguments, fake: fake) }
+            defer { for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+            try await fake.waitForShards(0..<shardCount)
+            try await GatewayHarness.eventually("three processes sharing the shards", timeout: .seconds(30)) {
+                let counts = Dictionary(grouping: try await Self.holders(harness, shards: shardCount).values, by: { $0 }).mapValues(\.count)
+                return counts.count == 3 && counts.values.allSatisfy { (5...6).contains($0) }
+            }
+            #expect(fake.identifies.count == shardCount, "one identify per shard")
+
+            var sent: [String] = []
+            var next = 0
+            func flood(_ perShard: Int) throws {
+                for shard in 0..<shardCount {
+                    let guild = GatewayHarness.guild(onShard: shard, of: shardCount)
+                    for _ in 0..<perShard {
+                        let id = GatewayTests.messageBase + 50_000_000 + UInt64(next)
+                        next += 1
+                        try fake.dispatch(shard: shard, event: "MESSAGE_CREATE",
+                                          json: FakeDiscord.messageJSON(id: id, channel: 7, guild: guild, author: 9, content: "leased \(next)"))
+                        sent.append(String(id))
+                    }
+                }
+            }
+            try flood(20)
+
+            // SIGKILL one: its shards are resumed by the others after the lease expires.
+            let victim = processes.removeFirst()
+            let before = try await Self.holders(harness, shards: shardCount)
+            kill(victim.processIdentifier, SIGKILL)
+            victim.waitUntilExit()
+            let killedAt = ContinuousClock.now
+            try flood(20)
+            var takeover: [Double] = []
+            var orphaned = Set(before.filter { $0.value.contains("-\(victim.processIdentifier)-") }.keys)
+            #expect(!orphaned.isEmpty)
+            let resumesBefore = fake.resumes.count
+            try await GatewayHarness.eventually("the killed process's shards resumed elsewhere", timeout: .seconds(30)) {
+                for (shard, at) in fake.resumes.dropFirst(resumesBefore) where orphaned.contains(shard) {
+                    let elapsed = at - killedAt
+                    takeover.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+                    orphaned.remove(shard)
+                }
+                return orphaned.isEmpty
+            }
+            takeover.sort()
+            print("leased gateways: death to resumed shard, \(takeover.count) shards: p50 \(takeover[takeover.count / 2]) s, max \(takeover.last ?? 0) s (lease TTL 3 s)")
+            try await fake.waitForShards(0..<shardCount)
+
+            // A new process takes its share.
+            processes.append(try Self.start(arguments, fake: fake))
+            try await GatewayHarness.eventually("three processes sharing the shards again", timeout: .seconds(30)) {
+                let counts = Dictionary(grouping: try await Self.holders(harness, shards: shardCount).values, by: { $0 }).mapValues(\.count)
+                return counts.count == 3 && counts.values.allSatisfy { (5...6).contains($0) } && fake.connectedShards.count == shardCount
+            }
+            try flood(20)
+
+            // SIGSTOP one past its lease: the others take its shards; woken, it checkpoints nothing and lets go.
+            let paused = processes[0]
+            kill(paused.processIdentifier, SIGSTOP)
+            try await GatewayHarness.eventually("the paused process's shards taken over", timeout: .seconds(30)) {
+                let holders = try await Self.holders(harness, shards: shardCount)
+                return holders.count == shardCount && !holders.values.contains { $0.contains("-\(paused.processIdentifier)-") }
+            }
+            try flood(20)
+            kill(paused.processIdentifier, SIGCONT)
+            try await Task.sleep(for: .seconds(3))
+            try flood(20)
+            try await fake.waitForShards(0..<shardCount)
+
+            try await GatewayHarness.eventually("every message in the log", timeout: .seconds(60)) {
+                Set(try await Self.messageIDs(harness).keys).isSuperset(of: sent)
+            }
+            #expect(fake.identifies.count == shardCount, "every takeover and handover resumed; none identified")
+            #expect(fake.violations.isEmpty, "\(fake.violations)")
+            for process in processes { kill(process.processIdentifier, SIGTERM) }
+            for process in processes {
+                process.waitUntilExit()
+                #expect(process.terminationReason == .exit && process.terminationStatus == 0, "SIGTERM ends each gateway cleanly")
+            }
+            #expect(try await Self.holders(harness, shards: shardCount).isEmpty, "leases given back at shutdown")
+            await fake.stop()
+        }
+
         @Test("100k messages through 4 shards in 2 gateway processes, with reconnects, op 9, zombies and a SIGKILL: every message reaches the streams and the trainer's counts equal the flood's")
         func floodWithFaults() async throws {
             let harness = try await GatewayHarness()
