@@ -63,7 +63,7 @@ from dockerfile_parse import DockerfileParser
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
 K8S_VERSIONS = os.environ["K8S_VERSIONS"].split()
 SUBCOMMANDS = {"up", "gateway", "trainer", "responder", "train", "generate", "inspect", "settings",
-               "forget-user", "register-commands", "delete-guild"}
+               "forget-user", "register-commands", "delete-guild", "migrate", "relearn", "flags", "probe"}
 # The variables docker-compose.yml may take from the shell; any other `$NAME` is a forgotten `$$`.
 COMPOSE_VARIABLES = {"DISCORD_TOKEN", "REDIS_CLUSTER_NODES", "LOG_LEVEL"}
 results = []  # one bool per reported check
@@ -349,12 +349,7 @@ def cross_check(rendered):
             if args and args[0] == "gateway":
                 def flag(flag_name):
                     return int(args[args.index(flag_name) + 1]) if flag_name in args else None
-                per_pod, count, replicas = flag("--shards-per-pod"), flag("--shard-count"), obj["spec"]["replicas"]
-                if kind != "StatefulSet":
-                    problems.append(f"{where}: the gateway must be a StatefulSet (its ordinal picks its shards)")
-                elif per_pod is None or count is None or per_pod * replicas != count:
-                    problems.append(f"{where}: {replicas} replicas x --shards-per-pod {per_pod} "
-                                    f"!= --shard-count {count}: some shards would have no pod")
+                problems.extend(gateway_problems(where, kind, args, obj["spec"].get("replicas", 1)))
 
     for hpa in by_kind.get("HorizontalPodAutoscaler", {}).values():
         target = hpa["spec"]["scaleTargetRef"]
@@ -371,12 +366,30 @@ def cross_check(rendered):
     for role in ("gateway", "trainer", "responder"):
         if role not in by_kind.get("PodDisruptionBudget", {}):
             problems.append(f"{role}: no PodDisruptionBudget")
-    for role in ("trainer", "responder"):
+    for role in ("gateway", "trainer", "responder"):
         if role not in by_kind.get("HorizontalPodAutoscaler", {}):
             problems.append(f"{role}: no HorizontalPodAutoscaler")
     report_problems("k8s/ (rendered)", problems, f"{len(objects)} objects cross-checked: references, "
                     "security contexts, probes, resources, /tmp, shard ranges")
     return by_kind
+
+
+def gateway_problems(where, kind, args, replicas):
+    """A leased gateway (a Deployment) takes no shard list; a static one (a StatefulSet) covers every shard."""
+    def flag(flag_name):
+        return args[args.index(flag_name) + 1] if flag_name in args else None
+    per_pod, count = flag("--shards-per-pod"), flag("--shard-count")
+    if kind == "Deployment":
+        if per_pod is not None or flag("--shards") is not None:
+            return [f"{where}: a gateway Deployment shares the shards through leases; --shards and --shards-per-pod "
+                    "belong to the StatefulSet option"]
+        return []
+    if kind != "StatefulSet":
+        return [f"{where}: the gateway is a Deployment (leased shards) or a StatefulSet (its ordinal picks its shards)"]
+    if per_pod is None or count is None or int(per_pod) * replicas != int(count):
+        return [f"{where}: {replicas} replicas x --shards-per-pod {per_pod} != --shard-count {count}: "
+                "some shards would have no pod"]
+    return []
 
 
 def check_optional(by_kind):
@@ -393,6 +406,13 @@ def check_optional(by_kind):
                 custom.append(obj)
             except kubernetes_validate.ValidationError as error:
                 problems.append(f"{obj.get('kind')}: {'.'.join(map(str, error.path))}: {error.message}")
+        for obj in load_documents(file):
+            if obj.get("kind") in ("Deployment", "StatefulSet"):
+                for container in obj["spec"]["template"]["spec"].get("containers", []):
+                    args = container.get("args") or []
+                    if args and args[0] == "gateway":
+                        problems.extend(gateway_problems(f"{obj['kind']}/{obj['metadata']['name']}", obj["kind"], args,
+                                                         obj["spec"].get("replicas", 1)))
         for obj in custom:
             print(f"SKIP  {file}: {obj['kind']} ({obj['apiVersion']}) is a custom resource; no schema offline, "
                   "checked structurally only")
