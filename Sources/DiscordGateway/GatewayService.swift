@@ -103,14 +103,29 @@ public final class GatewayService: Service, Sendable {
     }
 
     /// Records the shards this process holds and how many are ready (`markov_gateway_shards`,
-    /// `markov_gateway_shards_ready`), and returns them; the role's readiness check calls it at each scrape.
+    /// `markov_gateway_shards_ready`), which it holds (`markov_gateway_shard_held{shard}`, 1 or 0 once held here)
+    /// and the shard count (`markov_gateway_shard_count`), and returns the first two; the role's readiness check
+    /// calls it at each scrape.
     @discardableResult
     public func recordShardStates() -> (ready: Int, total: Int) {
-        let (ready, total) = self.readiness
+        let runners = self.runners.withLock { $0 }
+        let (ready, total) = (runners.filter(\.isReady).count, runners.count)
         GatewayMetrics.shards.record(total)
         GatewayMetrics.shardsReady.record(ready)
+        let held = Set(runners.map(\.shard.id))
+        let recorded = self.recordedShards.withLock { recorded in
+            defer { recorded.formUnion(held) }
+            return recorded.union(held)
+        }
+        for shard in recorded { GatewayMetrics.held(shard).record(held.contains(shard) ? 1 : 0) }
+        let count = self.shardCount.load(ordering: .relaxed)
+        if count > 0 { GatewayMetrics.shardCount.record(count) }
         return (ready, total)
     }
+
+    /// Shards whose held gauge was recorded, and the shard count once known.
+    private let recordedShards = Mutex<Set<Int>>([])
+    private let shardCount = Atomic<Int>(0)
 
     public var statistics: Statistics {
         var statistics = Statistics()
@@ -132,6 +147,7 @@ public final class GatewayService: Service, Sendable {
     public func run() async throws {
         GatewayMetrics.register()
         let plan = try await self.plan()
+        self.shardCount.store(plan.shardCount, ordering: .relaxed)
         self.logger.info(
             "starting shards",
             metadata: ["shards": "\(self.configuration.leaseShards ? "leased" : plan.shards.map(String.init).joined(separator: ","))",

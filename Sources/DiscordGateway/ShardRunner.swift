@@ -398,6 +398,8 @@ enum GatewayMetrics {
     static let identifiesLeft = Gauge(label: "markov_gateway_identifies_left")
     static let shards = Gauge(label: "markov_gateway_shards")
     static let shardsReady = Gauge(label: "markov_gateway_shards_ready")
+    static let shardCount = Gauge(label: "markov_gateway_shard_count")
+    static func held(_ shard: Int) -> Gauge { Gauge(label: "markov_gateway_shard_held", dimensions: [("shard", "\(shard)")]) }
 
     /// Creates every counter at 0 (rate() and increase() see the first event).
     static func register() {
