@@ -138,8 +138,12 @@ extension GatewayIntegrationTests {
 
             let environment = ["REDIS_URL": redis.url]
             var roles: [Role] = []
-            roles.append(try Role(name: "gateway-a", arguments: ["gateway", "--shards", "0-1", "--shard-count", "4", "--identify-interval-ms", "300"], environment: environment, fake: fake))
-            roles.append(try Role(name: "gateway-b", arguments: ["gateway", "--shards", "2-3", "--shard-count", "4", "--identify-interval-ms", "300"], environment: environment, fake: fake))
+            // Two gateways sharing the four shards through leases: a SIGKILLed one's shards are resumed by the other
+            // after the lease TTL, and taken back in part when it returns.
+            for name in ["gateway-a", "gateway-b"] {
+                roles.append(try Role(name: name, arguments: ["gateway", "--shard-count", "4", "--identify-interval-ms", "300", "--lease-ttl", "3"],
+                                      environment: environment, fake: fake))
+            }
             for name in ["trainer-a", "trainer-b"] {
                 roles.append(try Role(name: name, arguments: ["trainer", "--claim-after", "2"], environment: environment, fake: fake))
             }
