@@ -421,6 +421,48 @@ extension GatewayIntegrationTests {
             await fake.stop()
         }
 
+        @Test("a static gateway whose shard a leased one holds waits and never holds it twice; --shard-count auto agrees through Redis")
+        func staticWaitsForLease() async throws {
+            let harness = try await GatewayHarness()
+            defer { harness.redis.shutdown() }
+            // The first gateway to start fixes the count for the others.
+            #expect(try await harness.store.agreedShardCount(discovered: 2) == 2)
+            #expect(try await harness.store.agreedShardCount(discovered: 5) == 2, "a later recommendation does not change it")
+            try await harness.redis.send(RedisCommand("DEL", .string(GatewayStore.shardCountKey)))
+
+            let fake = try await GatewayHarness.fake(shards: 2)
+            let leased = try Self.start(["gateway", "--shard-count", "2", "--identify-interval-ms", "300", "--lease-ttl", "3"], fake: fake)
+            defer { if leased.isRunning { kill(leased.processIdentifier, SIGKILL) } }
+            try await fake.waitForShards(0..<2)
+            let log = Pipe()
+            let collected = Mutex(Data())
+            log.fileHandleForReading.readabilityHandler = { handle in
+                let chunk = handle.availableData
+                collected.withLock { $0.append(chunk) }
+            }
+            let waiting = try Self.start(["gateway", "--shards", "1", "--shard-count", "2", "--identify-interval-ms", "300"], fake: fake,
+                                         environment: ["LOG_LEVEL": "notice"], standardError: log)
+            defer { if waiting.isRunning { kill(waiting.processIdentifier, SIGKILL) } }
+            try await GatewayHarness.eventually("the static gateway to say it waits", timeout: .seconds(20)) {
+                String(decoding: collected.withLock { $0 }, as: UTF8.self).contains("the shard is held by another process")
+            }
+            try await Task.sleep(for: .seconds(2))
+            #expect(fake.identifies.count == 2, "the waiting gateway did not connect shard 1")
+            // The leased one stops: the static one takes shard 1 when it is released, resuming its session.
+            kill(leased.processIdentifier, SIGTERM)
+            leased.waitUntilExit()
+            try await GatewayHarness.eventually("the static gateway to hold shard 1", timeout: .seconds(20)) {
+                try await Self.holders(harness, shards: 2)[1]?.contains("-\(waiting.processIdentifier)-") == true
+                    && fake.connectedShards.contains(1)
+            }
+            #expect(fake.identifies.count == 2, "shard 1 was resumed, not identified")
+            #expect(fake.violations.isEmpty, "\(fake.violations)")
+            kill(waiting.processIdentifier, SIGTERM)
+            waiting.waitUntilExit()
+            log.fileHandleForReading.readabilityHandler = nil
+            await fake.stop()
+        }
+
         @Test("100k messages through 4 shards in 2 gateway processes, with reconnects, op 9, zombies and a SIGKILL: every message reaches the streams and the trainer's counts equal the flood's")
         func floodWithFaults() async throws {
             let harness = try await GatewayHarness()
