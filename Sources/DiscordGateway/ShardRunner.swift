@@ -50,8 +50,10 @@ final class ShardRunner: Sendable {
     private let logger: Logger
     private let budget = Mutex(SendBudget())
     private let outbound = Mutex<WebSocketOutboundWriter?>(nil)
-    /// The task running the current connection, cancelled when a close does not complete in time.
+    /// The task running the current connection.
     private let connection = Mutex<Task<WebSocketCloseFrame?, any Error>?>(nil)
+    /// When a close this client sent must have completed; past it the connection is cut.
+    private let closeDeadline = Mutex<ContinuousClock.Instant?>(nil)
     private let stopping = Atomic<Bool>(false)
     private let counters = Mutex(Statistics())
     private let live = Atomic<Bool>(false)
@@ -195,10 +197,31 @@ final class ShardRunner: Sendable {
             }
         }
         self.connection.withLock { $0 = task }
+        self.closeDeadline.withLock { $0 = nil }
         defer { self.connection.withLock { $0 = nil } }
         do {
             let closeFrame = try await withTaskCancellationHandler {
-                try await task.value
+                try await withThrowingTaskGroup(of: WebSocketCloseFrame??.self) { group in
+                    group.addTask { .some(try await task.value) }
+                    // Cuts the connection when a close it sent is not answered in time.
+                    group.addTask {
+                        while !Task.isCancelled {
+                            if let deadline = self.closeDeadline.withLock({ $0 }), ContinuousClock.now >= deadline {
+                                task.cancel()
+                                break
+                            }
+                            guard await Backoff.sleep(.milliseconds(100)) else { break }
+                        }
+                        return .none
+                    }
+                    while let outcome = try await group.next() {
+                        if let frame = outcome {
+                            group.cancelAll()
+                            return frame
+                        }
+                    }
+                    return nil
+                }
             } onCancel: {
                 task.cancel()
             }
@@ -332,15 +355,10 @@ final class ShardRunner: Sendable {
                     GatewayMetrics.zombies.increment()
                 }
                 self.logger.info("closing the connection", metadata: ["code": "\(code)", "reason": "\(reason)"])
-                try? await outbound.close(.unknown(UInt16(code)), reason: reason)
                 // A server that never answers the close (a zombie, say) must not hold the shard: the connection
-                // is cut after a grace period.
-                if let task = self.connection.withLock({ $0 }) {
-                    Task {
-                        try? await Task.sleep(for: .seconds(2))
-                        task.cancel()
-                    }
-                }
+                // is cut after a grace period (by the watcher in ``connectOnce(url:)``).
+                self.closeDeadline.withLock { $0 = ContinuousClock.now + .seconds(2) }
+                try? await outbound.close(.unknown(UInt16(code)), reason: reason)
             }
         }
         return heartbeat

@@ -12,6 +12,13 @@ struct ShutdownTests {
         return (line.flatMap { Int($0.dropFirst("connected_clients:".count)) } ?? 0) - 1
     }
 
+    /// Clients of a private server blocked in a command.
+    static func blockedClients(_ observer: RedisClient) async throws -> Int {
+        let info = try await observer.send("INFO", "clients").string ?? ""
+        let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("blocked_clients:") }
+        return line.flatMap { Int($0.dropFirst("blocked_clients:".count)) } ?? 0
+    }
+
     @Test("shutdown ends run(), closes every connection (a blocking read in flight included), and refuses later work with a clear error before connecting")
     func standalone() async throws {
         let server = try PrivateRedisServer()
@@ -31,7 +38,8 @@ struct ShutdownTests {
                 return error
             }
         }
-        while try await Self.connections(observer) < 2 { try await Task.sleep(for: .milliseconds(20)) }
+        // The read is in flight once the server has the client blocked.
+        while try await Self.blockedClients(observer) < 1 { try await Task.sleep(for: .milliseconds(20)) }
         client.shutdown()
         await background.value
         let failure = await blocked.value
