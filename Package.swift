@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // MARK: C libraries, each behind one door
@@ -146,6 +147,26 @@ let package = Package(
             ]
         ),
 
+        // MARK: The local consoles of `markov up`: the conversation both share, and the web console
+
+        .target(
+            name: "LocalConsole",
+            dependencies: [
+                "DiscordREST",
+                "DiscordResponder",
+                "MarkovChains",
+                "MarkovCore",
+                "Observability",
+                "Redis",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            resources: [.copy("Assets")]
+        ),
+
         // MARK: The one executable
 
         .executableTarget(
@@ -158,6 +179,7 @@ let package = Package(
                 "DiscordProtocol",
                 "DiscordREST",
                 "DiscordResponder",
+                "LocalConsole",
                 "Observability",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),

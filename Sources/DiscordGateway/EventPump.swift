@@ -242,6 +242,7 @@ final class EventPump: Sendable {
                 $0.appendFailures += failed.count
             }
             GatewayMetrics.appended.increment(by: firstFailure)
+            EventLog.recordAppended(firstFailure, lane: .live)
             if !failed.isEmpty { GatewayMetrics.appendFailures.increment(by: failed.count) }
             pending = failed
             guard let lastError else { break }

@@ -137,7 +137,7 @@ public struct SharedRateLimits: Sendable {
     static let recordScript = """
         -- KEYS: 1 route map, 2 probe, 3 global block, 4 bad-answer counter
         -- ARGV: 1 major, 2 bucket ('' if none), 3 limit, 4 remaining, 5 reset-after ms, 6 status,
-        --       7 retry-after ms (429), 8 global 429 (1/0), 9 margin ms
+        --       7 retry-after ms (429), 8 global 429 (1/0), 9 margin ms, 10 now (ms)
         redis.call('DEL', KEYS[2])
         local status = tonumber(ARGV[6])
         if status == 401 or status == 403 or status == 429 then
@@ -158,6 +158,11 @@ public struct SharedRateLimits: Sendable {
         redis.call('HSET', info, 'limit', limit, 'window', window)
         redis.call('EXPIRE', info, 86400)
         local counter = '{rl}:b:' .. bucket .. ':' .. ARGV[1]
+        -- The counters used in the last hour, for `snapshot` (read without SCAN).
+        local now = tonumber(ARGV[10])
+        redis.call('ZADD', '{rl}:seen', now, bucket .. ':' .. ARGV[1])
+        redis.call('ZREMRANGEBYSCORE', '{rl}:seen', '-inf', now - 3600000)
+        redis.call('PEXPIRE', '{rl}:seen', 3600000)
         if status == 429 and ARGV[8] ~= '1' then
             redis.call('SET', counter, 0, 'PX', math.max(1, tonumber(ARGV[7])) + margin)
             return 0
@@ -209,7 +214,8 @@ public struct SharedRateLimits: Sendable {
                 [.string(Self.recordScript), 4, .string("{rl}:r:\(route.template)"),
                  .string("{rl}:p:\(route.template):\(route.major)"), "{rl}:block", "{rl}:bad",
                  .string(route.major), .string(bucket), .integer(limit), .integer(remaining), .integer(resetAfter),
-                 .integer(response.status), .integer(retryMilliseconds), global ? "1" : "0", .integer(margin)]
+                 .integer(response.status), .integer(retryMilliseconds), global ? "1" : "0", .integer(margin),
+                 .integer(Int(Date().timeIntervalSince1970 * 1000))]
             )
         )
     }
@@ -221,5 +227,77 @@ public struct SharedRateLimits: Sendable {
     /// 401, 403 and 429 answers in the current 10-minute window.
     public func badAnswers() async throws(RedisError) -> Int {
         try await self.redis.send(RedisCommand("GET", "{rl}:bad")).string.flatMap { Int($0) } ?? 0
+    }
+
+    // MARK: Reading (the web console)
+
+    /// The shared limits as they stand, read-only: the buckets used most recently with what is left in each
+    /// window, the global window's requests, a global block and the brake's count.
+    public struct Snapshot: Sendable, Hashable, Codable {
+        public struct Bucket: Sendable, Hashable, Codable {
+            /// Discord's bucket id and the top-level resource (channel, guild or webhook id; empty for none).
+            public var bucket: String
+            public var major: String
+            /// Requests left in the current window (nil: the window ended).
+            public var remaining: Int?
+            public var limit: Int?
+            /// Milliseconds until the window ends (nil: no window open).
+            public var resetsIn: Int?
+            /// When a response last updated it (Unix milliseconds).
+            public var lastUsed: Int
+        }
+
+        public var buckets: [Bucket]
+        public var globalInWindow: Int
+        public var globalLimit: Int
+        /// Milliseconds a global 429 still blocks every request (nil: none).
+        public var blockedFor: Int?
+        public var badAnswers: Int
+        public var brakeLimit: Int
+    }
+
+    static let snapshotScript = """
+        -- KEYS: 1 counters seen (sorted set), 2 global window, 3 global block, 4 bad-answer counter
+        -- ARGV: 1 now (ms), 2 the global window (ms), 3 how many buckets
+        local now = tonumber(ARGV[1])
+        local seen = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
+        local buckets = {}
+        for i = 1, #seen, 2 do
+            local name = seen[i]
+            local counter = '{rl}:b:' .. name
+            local bucket = string.match(name, '^([^:]*)')
+            local info = redis.call('HMGET', '{rl}:i:' .. bucket, 'limit')
+            buckets[#buckets + 1] = {name, redis.call('GET', counter) or '', redis.call('PTTL', counter), info[1] or '', seen[i + 1]}
+        end
+        local global = redis.call('ZCOUNT', KEYS[2], now - tonumber(ARGV[2]), '+inf')
+        return {buckets, global, redis.call('PTTL', KEYS[3]), tonumber(redis.call('GET', KEYS[4]) or '0')}
+        """
+
+    /// The limits as they stand (one read-only script; at most `limit` buckets, the most recently used first).
+    public func snapshot(limit: Int = 50) async throws(RedisError) -> Snapshot {
+        let now = Int(Date().timeIntervalSince1970 * 1000)
+        let reply = try await self.redis.send(
+            RedisCommand(
+                "EVAL_RO",
+                [.string(Self.snapshotScript), 4, "{rl}:seen", "{rl}:g", "{rl}:block", "{rl}:bad",
+                 .integer(now), .integer(1000 + self.marginMilliseconds), .integer(max(1, limit))]
+            )
+        )
+        guard let parts = reply.array, parts.count == 4 else { throw RedisError(.protocolError, "the rate-limit snapshot answered \(reply)") }
+        let buckets = (parts[0].array ?? []).compactMap { entry -> Snapshot.Bucket? in
+            guard let fields = entry.array, fields.count == 5, let name = fields[0].string else { return nil }
+            let (bucket, major) = name.firstIndex(of: ":").map { (String(name[..<$0]), String(name[name.index(after: $0)...])) } ?? (name, "")
+            let ttl = fields[2].int ?? -2
+            return Snapshot.Bucket(
+                bucket: bucket, major: major, remaining: fields[1].string.flatMap { Int($0) },
+                limit: fields[3].string.flatMap { Int($0) }, resetsIn: ttl > 0 ? ttl : nil,
+                lastUsed: fields[4].string.flatMap { Double($0) }.map { Int($0) } ?? 0
+            )
+        }
+        let block = parts[2].int ?? -2
+        return Snapshot(
+            buckets: buckets, globalInWindow: parts[1].int ?? 0, globalLimit: self.globalLimit,
+            blockedFor: block > 0 ? block : nil, badAnswers: parts[3].int ?? 0, brakeLimit: self.brakeLimit
+        )
     }
 }

@@ -18,19 +18,37 @@ public struct ReplyComposer: Sendable {
         self.prefix = prefix
     }
 
+    /// A reply: its text as posted, and the generation behind it (none for help and commands).
+    public struct Answer: Sendable, Hashable {
+        /// What is posted: never empty, within Discord's limit; with the debug block when the request asked for it.
+        public var text: String
+        /// Each word chosen with its count, its state's total and probability (empty unless asked for, or for
+        /// replies that generate nothing).
+        public var steps: [ChainStore.Step] = []
+        /// Tries and the generator's notes (empty when nothing was generated).
+        public var notes = ""
+        public var tries = 0
+    }
+
     /// The reply text.
     public func reply(to request: Trigger.Request, guild: Snowflake) async throws(RedisError) -> String {
+        try await self.answer(to: request, guild: guild).text
+    }
+
+    /// The reply, and with `steps` the generation's steps whether or not the request asked for its debug block
+    /// (the web console shows them on demand). The text is the same either way.
+    public func answer(to request: Trigger.Request, guild: Snowflake, steps: Bool = false) async throws(RedisError) -> Answer {
         switch request {
         case .help:
-            return Self.limit(self.help)
+            return Answer(text: Self.limit(self.help))
         case .unsupported(let name):
-            return "`/\(name)` is not available yet. Try `/mark` or `\(self.prefix) help`."
+            return Answer(text: "`/\(name)` is not available yet. Try `/mark` or `\(self.prefix) help`.")
         case .command:
-            return "Settings commands are answered by the responder."
+            return Answer(text: "Settings commands are answered by the responder.")
         case .sentence(let seed, let debug):
             var options = ChainStore.GenerationOptions()
             options.seedWords = seed
-            options.debug = debug
+            options.debug = debug || steps
             var result = try await self.store.generate(guild: guild, options: options)
             if result.sentence == nil {
                 // A young chain can only repeat what it heard; better that than silence.
@@ -38,13 +56,15 @@ public struct ReplyComposer: Sendable {
                 result = try await self.store.generate(guild: guild, options: options)
             }
             let sentence = result.sentence.flatMap { $0.isEmpty ? nil : $0 } ?? Self.tooLittleData
-            guard debug else { return Self.limit(sentence) }
+            var answer = Answer(text: Self.limit(sentence), steps: result.steps, notes: result.notes, tries: result.tries)
+            guard debug else { return answer }
             var lines = [sentence, "```", "\(result.tries) tries; \(result.notes)"]
             for step in result.steps {
                 let token = step.token.isEmpty ? "<end>" : step.token
                 lines.append("\(token)  \(step.count)/\(step.total) (\(String(format: "%.1f", step.probability * 100))%)")
             }
-            return Self.limit(lines.joined(separator: "\n") + "\n```")
+            answer.text = Self.limit(lines.joined(separator: "\n") + "\n```")
+            return answer
         }
     }
 

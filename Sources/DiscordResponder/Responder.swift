@@ -428,12 +428,12 @@ private final class EntriesInHand: Sendable {
 }
 
 /// The responder's metrics (swift-metrics; Prometheus when the process bootstraps it).
-enum ResponderMetrics {
+public enum ResponderMetrics {
     static let failures = Counter(label: "markov_responder_failures_total")
     static let latency = Timer(label: "markov_reply_latency_seconds", preferredDisplayUnit: .seconds)
 
     /// Counts a reply by trigger kind and records the time since the trigger was created (its snowflake).
-    static func replied(_ kind: String, since timestamp: Int64) {
+    public static func replied(_ kind: String, since timestamp: Int64) {
         Counter(label: "markov_responder_replies_total", dimensions: [("trigger", kind)]).increment()
         guard timestamp > 0 else { return }
         let milliseconds = Int64(Date().timeIntervalSince1970 * 1000) - timestamp

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import MarkovCore
 import Redis
@@ -64,7 +65,15 @@ public struct EventLog: Sendable {
         for result in await self.redis.pipeline(events.map { self.appendCommand($0, lane: lane) }) {
             ids.append(try result.get().string ?? "")
         }
+        Self.recordAppended(ids.count, lane: lane)
         return ids
+    }
+
+    /// Counts events appended to a lane, whoever appended them (`markov_log_events_appended_total{lane}`):
+    /// ``append(_:lane:)`` counts its own; a writer that pipelines ``appendCommand(_:lane:)`` itself calls this.
+    public static func recordAppended(_ count: Int, lane: Lane) {
+        guard count > 0 else { return }
+        Counter(label: "markov_log_events_appended_total", dimensions: [("lane", lane.rawValue)]).increment(by: count)
     }
 
     /// Creates the consumer group on every partition of the lanes (from the start of each stream), if missing.

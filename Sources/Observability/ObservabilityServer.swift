@@ -20,6 +20,12 @@ public enum Observability {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
     }()
 
+    /// The metrics as `/metrics` renders them (Prometheus text), for views of this process's own metrics.
+    public static func exposition() -> String {
+        Self.recordProcess()
+        return String(decoding: Self.registry.emitToBuffer(), as: UTF8.self)
+    }
+
     /// Routes swift-metrics to the Prometheus registry (once per process).
     public static func bootstrap() { _ = Self.bootstrapped }
 
@@ -31,7 +37,7 @@ public enum Observability {
 
     /// The process's CPU seconds and resident memory, under the names Prometheus's own clients use
     /// (`process_cpu_seconds_total`, `process_resident_memory_bytes`), for CPU per unit of work on dashboards.
-    private static func recordProcess() {
+    static func recordProcess() {
         var usage = rusage()
         guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0 else { return }
         let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6

@@ -4,7 +4,10 @@ import Logging
 import MarkovChains
 import MarkovCore
 import DiscordGateway
+import DiscordREST
 import DiscordResponder
+import LocalConsole
+import Observability
 import Redis
 import ServiceLifecycle
 import UnixSignals
@@ -26,8 +29,17 @@ struct Up: AsyncParsableCommand {
     @Option(help: "Directory of the private Redis's data.") var data = "./data"
     @Option(name: .customLong("import"), help: "History files to learn in the console guild first (repeatable).")
     var imports: [String] = []
+    @Option(help: "Port of the web console (0: any free port).") var webPort = WebConsole.defaultPort
+    @Option(help: "Address the web console listens on; anything but loopback requires the token printed at start.")
+    var webHost = "127.0.0.1"
+    @Flag(help: "No web console.") var noWeb = false
 
-    static let consoleGuild = Snowflake("1")!
+    func validate() throws {
+        guard (0...65535).contains(self.webPort) else { throw ValidationError("--web-port must be a port number (0 for any free one)") }
+        guard !self.webHost.isEmpty, !self.webHost.contains(where: { $0 == "/" || $0 == " " }) else {
+            throw ValidationError("--web-host must be a host name or address, not \"\(self.webHost)\"")
+        }
+    }
 
     func run() async throws {
         LoggingSetup.once
@@ -53,7 +65,9 @@ struct Up: AsyncParsableCommand {
     }
 
     private func run(configuration: MarkovConfiguration) async throws {
+        Observability.bootstrap()  // the web console draws the metrics the roles record
         let context = RoleContext(configuration: configuration, label: "markov.up")
+        let conversation = ConsoleConversation(store: context.store, log: context.log, prefix: configuration.commandPrefix)
         try await context.store.prepare()
         try await context.log.ensureGroup("trainers")
         var trainerConfiguration = MarkovChains.Trainer.Configuration(consumer: RoleContext.consumerName(role: "up"))
@@ -85,8 +99,16 @@ struct Up: AsyncParsableCommand {
             ]))
             services.append(.init(service: gateway, failureTerminationBehavior: .gracefullyShutdownGroup))
             services.append(.init(service: responder, failureTerminationBehavior: .gracefullyShutdownGroup))
+            if let web = try self.webConsole(conversation, context: context, rateLimits: SharedRateLimits(redis: context.redis), beforeSample: {
+                gateway.recordShardStates()
+            }) {
+                services.append(.init(service: web, failureTerminationBehavior: .gracefullyShutdownGroup))
+            }
         } else {
-            let console = ConsoleChannel(context: context, guild: Self.consoleGuild, imports: self.imports)
+            if let web = try self.webConsole(conversation, context: context) {
+                services.append(.init(service: web, failureTerminationBehavior: .gracefullyShutdownGroup))
+            }
+            let console = ConsoleChannel(context: context, conversation: conversation, imports: self.imports)
             services.append(.init(service: console, successTerminationBehavior: .gracefullyShutdownGroup,
                                   failureTerminationBehavior: .gracefullyShutdownGroup))
         }
@@ -101,16 +123,35 @@ struct Up: AsyncParsableCommand {
     }
 }
 
-/// The local console channel: typed lines are messages of a local guild; bot commands answer on the terminal.
+extension Up {
+    /// The web console, unless `--no-web`; on a host other than loopback it requires a token, printed in its URL.
+    fileprivate func webConsole(
+        _ conversation: ConsoleConversation, context: RoleContext, rateLimits: SharedRateLimits? = nil,
+        beforeSample: @escaping @Sendable () -> Void = {}
+    ) throws -> WebConsole? {
+        guard !self.noWeb else { return nil }
+        var configuration = WebConsole.Configuration()
+        configuration.host = self.webHost
+        configuration.port = self.webPort
+        if !["127.0.0.1", "localhost", "::1"].contains(self.webHost.lowercased()) { configuration.token = WebConsole.makeToken() }
+        return try WebConsole(
+            configuration: configuration, conversation: conversation, rateLimits: rateLimits, beforeSample: beforeSample,
+            logger: context.logger, announce: { say("web console: \($0)") }
+        )
+    }
+}
+
+/// The terminal console: typed lines go to the console's conversation (``ConsoleConversation``, shared with the
+/// web console); answers are printed.
 struct ConsoleChannel: Service {
     let context: RoleContext
-    let guild: Snowflake
+    let conversation: ConsoleConversation
     let imports: [String]
 
     func run() async throws {
         for file in self.imports { try await self.importFile(file) }
         say("""
-            markov console: type messages to teach the bot (guild \(self.guild)); `!mark` asks it to talk, \
+            markov console: type messages to teach the bot (guild \(self.conversation.guild)); `!mark` asks it to talk, \
             `!mark help` lists commands, Ctrl-D quits.
             """)
         let lines = AsyncStream<String> { continuation in
@@ -121,67 +162,32 @@ struct ConsoleChannel: Service {
             }
             thread.start()
         }
-        var counter = 0
         for await line in lines.cancelOnGracefulShutdown() {
-            counter += 1
             do {
-                try await self.handle(line, number: counter)
+                guard case .reply(let answer, let help) = try await self.conversation.handle(line) else { continue }
+                let lines = answer.text.split(separator: "\n", omittingEmptySubsequences: false)
+                if help {
+                    for line in lines { say("  " + line) }
+                } else {
+                    say("markov> \(lines.first ?? "")")
+                    for line in lines.dropFirst() where !line.hasPrefix("```") { say("  " + line) }
+                }
             } catch {
                 say("markov: \(error)")
             }
         }
     }
 
-    /// A typed line: a trigger (`!mark…`, `@markov …`, `/mark seed:…`) is answered exactly as the responder
-    /// answers on Discord (the same ``Trigger`` and ``ReplyComposer``); anything else is learnt.
-    private func handle(_ line: String, number: Int) async throws {
-        let trimmed = line.drop { $0 == " " }
-        let trigger: Trigger?
-        if trimmed.hasPrefix("/mark") {
-            let seed = trimmed.dropFirst("/mark".count).replacingOccurrences(of: "seed:", with: "")
-            trigger = Trigger(kind: .slash, request: .sentence(seed: Tokenizer.tokens(seed), debug: false))
-        } else {
-            // The console's bot is user 0: "@markov words" is a mention of it.
-            let content = trimmed.lowercased().hasPrefix("@markov") ? "<@0>" + trimmed.dropFirst("@markov".count) : String(trimmed)
-            trigger = Trigger.detect(content: content, botUserID: "0", prefix: self.context.configuration.commandPrefix)
-        }
-        guard let trigger else {
-            guard !Tokenizer.tokens(line).isEmpty else { return }
-            let millis = Int64(Date().timeIntervalSince1970 * 1000)
-            try await self.context.log.append([
-                ChainEvent(
-                    kind: .create, source: .console, guildID: self.guild, channelID: Snowflake("1"),
-                    messageID: "console-\(millis)-\(number)", authorID: Snowflake("1"), content: line, timestamp: millis
-                )
-            ])
-            return
-        }
-        let composer = ReplyComposer(store: self.context.store, prefix: self.context.configuration.commandPrefix)
-        let reply = try await composer.reply(to: trigger.request, guild: self.guild)
-        let lines = reply.split(separator: "\n", omittingEmptySubsequences: false)
-        if case .help = trigger.request {
-            for line in lines { say("  " + line) }
-        } else {
-            say("markov> \(lines.first ?? "")")
-            for line in lines.dropFirst() where !line.hasPrefix("```") { say("  " + line) }
-        }
-    }
-
     private func importFile(_ file: String) async throws {
         let meter = ProgressMeter(label: "importing \(file)", total: 0)
-        let log = self.context.log
-        var appended = 0
-        let summary = try await HistoryImporter.read(file: file, guild: self.guild) { events, _ in
-            try await log.append(events, lane: .bulk)
-            appended += events.count
-            meter.update(0, total: appended, detail: "reading")
+        let importer = ConsoleImport(log: self.context.log, guild: self.conversation.guild)
+        let last = try await importer.run(file: file) { progress in
+            switch progress.phase {
+            case .reading: meter.update(0, total: progress.appended, detail: "reading")
+            default: meter.update(progress.applied, total: progress.appended, detail: progress.format ?? "")
+            }
         }
-        let partition = log.keys.partition(of: self.guild)
-        while case let backlog = try await log.backlog(group: "trainers", partitions: [partition], lanes: EventLog.Lane.allCases), backlog > 0 {
-            meter.update(max(0, appended - backlog), total: appended, detail: summary.format.rawValue)
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        meter.finish(appended, total: appended)
+        meter.finish(last.appended, total: last.appended)
     }
 }
 
