@@ -235,6 +235,7 @@ let package = Package(
 
         .testTarget(name: "MarkovCoreTests", dependencies: ["MarkovCore"]),
         .testTarget(name: "DiscordProtocolTests", dependencies: ["DiscordProtocol", "MarkovCore"]),
+        .testTarget(name: "LocalConsoleTests", dependencies: ["LocalConsole"]),
         .testTarget(
             name: "DiscordGatewayTests",
             dependencies: [

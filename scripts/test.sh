@@ -17,4 +17,6 @@ export MARKOV_TEST_REDIS_SERVER="$(command -v redis-server)"
 swift test --skip DiscordGatewayTests "$@"
 # A real Prometheus scrapes a real trainer (the binary the tests just built) with the shipped alerting rules.
 scripts/test-monitoring.sh e2e "$(swift build --show-bin-path "$@")/markov"
+# The web console of `markov up`: its endpoints over HTTP and the page in headless Chromium.
+scripts/test-web.sh "$(swift build --show-bin-path "$@")/markov"
 swift test --filter DiscordGatewayTests "$@"

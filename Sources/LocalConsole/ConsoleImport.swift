@@ -31,6 +31,8 @@ public struct ConsoleImport: Sendable {
         /// What went wrong (phase `failed`).
         public var error: String?
 
+        public init() {}
+
         /// The share done, 0…1: reading counts for the first half when the total is not known yet.
         public var fraction: Double {
             switch self.phase {

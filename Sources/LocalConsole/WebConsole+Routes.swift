@@ -6,6 +6,7 @@ import Logging
 import MarkovChains
 import MarkovCore
 import NIOCore
+import Synchronization
 
 // The endpoints (docs/web-console.md). Every answer of /api is JSON (`{"error": "…"}` with a 4xx or 5xx status
 // when something is wrong) except /api/events, a stream of Server-Sent Events.
@@ -40,6 +41,15 @@ extension WebConsole {
             }
         }
         router.get("api/events") { _, _ in self.events() }
+        router.get("api/system") { _, _ in
+            // One sample now, for scripts and tests; its rates cover the time since the previous call.
+            var sampler = self.systemSampler.withLock { $0 }
+            let tick = await self.sample(&sampler, footprint: nil)
+            self.systemSampler.withLock { $0 = sampler }
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: tick)))
+        }
     }
 
     struct Info: Encodable {

@@ -48,6 +48,8 @@ public final class WebConsole: Service, Sendable {
     let assets: Assets
     let imports = ImportJobs()
     let monitor: Monitor
+    /// The sampler of `GET /api/system`.
+    let systemSampler = Mutex(MetricsSampler())
     private let announce: @Sendable (String) -> Void
 
     /// Makes the console; `announce` is told its URL once it listens (`markov up` prints it).

@@ -26,7 +26,8 @@ extension GatewayIntegrationTests {
         }
 
         static func start(
-            _ arguments: [String], fake: FakeDiscord, environment extra: [String: String] = [:], standardError: Any? = nil
+            _ arguments: [String], fake: FakeDiscord, environment extra: [String: String] = [:], standardError: Any? = nil,
+            standardOutput: Any? = nil
         ) throws -> Process {
             let process = Process()
             process.executableURL = try #require(Self.executable, "the markov executable must be built beside the tests")
@@ -41,7 +42,7 @@ extension GatewayIntegrationTests {
             environment.merge(extra) { $1 }
             // An empty value removes the variable (`markov up` without REDIS_URL starts its own Redis).
             process.environment = environment.filter { !$0.value.isEmpty }
-            process.standardOutput = FileHandle.nullDevice
+            process.standardOutput = standardOutput ?? FileHandle.nullDevice
             if let standardError { process.standardError = standardError }
             try process.run()
             return process
@@ -237,8 +238,16 @@ extension GatewayIntegrationTests {
             let fake = try await GatewayHarness.fake(shards: 1)
             let data = FileManager.default.temporaryDirectory.appendingPathComponent("markov-up-\(UUID().uuidString)")
             defer { try? FileManager.default.removeItem(at: data) }
+            let output = Pipe()
+            let printed = Mutex(Data())
+            output.fileHandleForReading.readabilityHandler = { handle in
+                let chunk = handle.availableData
+                printed.withLock { $0.append(chunk) }
+            }
+            defer { output.fileHandleForReading.readabilityHandler = nil }
             let up = try Self.start(
-                ["up", "--data", data.path], fake: fake, environment: ["REDIS_URL": "", "REDIS_CLUSTER_NODES": ""]
+                ["up", "--data", data.path, "--web-port", "0"], fake: fake, environment: ["REDIS_URL": "", "REDIS_CLUSTER_NODES": ""],
+                standardOutput: output
             )
             defer { if up.isRunning { kill(up.processIdentifier, SIGKILL) } }
             try await fake.waitForShards([0], timeout: .seconds(60))
@@ -266,6 +275,20 @@ extension GatewayIntegrationTests {
                 try await Task.sleep(for: .milliseconds(500))
                 return fake.rest.messages.contains { $0.content.hasPrefix("llamas dance at") }
             }
+            // The web console's System view shows the shard and the rate-limit buckets the replies used.
+            let url = try #require(
+                String(decoding: printed.withLock { $0 }, as: UTF8.self).split(separator: "\n")
+                    .first { $0.hasPrefix("web console: ") }?.dropFirst("web console: ".count),
+                "markov up printed its web console's URL"
+            )
+            let response = try await CurlHTTPClient().perform(HTTPRequest(method: "GET", url: url + "api/system"))
+            #expect(response.status == 200)
+            let system = try #require(try JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any])
+            let metrics = try #require(system["metrics"] as? [String: Any])
+            #expect(metrics["shardsHeld"] as? [Int] == [0], "\(metrics)")
+            let limits = try #require(system["rateLimits"] as? [String: Any], "\(system)")
+            let buckets = try #require(limits["buckets"] as? [[String: Any]])
+            #expect(buckets.contains { $0["major"] as? String == "7" }, "the channel's bucket: \(buckets)")
             kill(up.processIdentifier, SIGTERM)
             up.waitUntilExit()
             #expect(up.terminationReason == .exit && up.terminationStatus == 0)

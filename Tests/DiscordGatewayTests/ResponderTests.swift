@@ -451,6 +451,13 @@ extension GatewayIntegrationTests {
             #expect(fake.rest.messages.count == 40)
             #expect(fake.rest.rateLimitedCount == 0, "the first answer revealed the bucket; nobody went over it")
             #expect(one.counters.snapshot.waitedMilliseconds + two.counters.snapshot.waitedMilliseconds > 0)
+            // The web console's read of the shared limits lists the channel's bucket.
+            let snapshot = try await SharedRateLimits(redis: redisOne).snapshot()
+            let bucket = try #require(snapshot.buckets.first { $0.major == "77" })
+            #expect(bucket.limit == fake.configuration.rest.messageBucketLimit)
+            #expect(bucket.remaining.map { $0 >= 0 && $0 <= fake.configuration.rest.messageBucketLimit } ?? true)
+            #expect(abs(Double(bucket.lastUsed) / 1000 - Date().timeIntervalSince1970) < 60)
+            #expect(snapshot.globalLimit == 50 && snapshot.blockedFor == nil)
             redisOne.shutdown()
             redisTwo.shutdown()
             await fake.stop()

@@ -32,6 +32,29 @@ struct ChainStoreTests {
     /// A trainer that reads states before writing them: one whose memory bound forgets states in every batch (one
     /// byte), and one that meets a guild another trainer wrote (its chain is read on first use). Each batch is
     /// read, loaded and merged while the previous batch's writes, bucket splits among them, are in flight.
+    @Test("a guild's footprint: exact when measured whole, near the exact sum when sampled, on one Redis and on the cluster", arguments: [false, true])
+    func footprint(cluster: Bool) async throws {
+        let harness = try ChainHarness(cluster: cluster)
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        let texts = corpus(messages: 3000, seed: 7)
+        try await harness.train(texts.enumerated().map { ChainHarness.create(guild, id: "m\($0)", $1) })
+        // The exact figure: MEMORY USAGE of every key with the guild's tag (SAMPLES 5, as the footprint asks).
+        var exact = 0
+        for key in try await harness.keys(matching: "{g:\(guild.rawValue)}:*") {
+            exact += try await harness.redis.send(RedisCommand("MEMORY", "USAGE", .string(key))).int ?? 0
+        }
+        let whole = try await harness.store.footprint(guild: guild, sample: 100_000)
+        #expect(!whole.sampled)
+        #expect(whole.bytes == exact, "measured whole, the footprint is every key's MEMORY USAGE")
+        let sampled = try await harness.store.footprint(guild: guild, sample: 64)
+        #expect(sampled.sampled, "3000 messages need more than 64 buckets")
+        #expect(abs(Double(sampled.bytes - exact)) < 0.25 * Double(exact), "sampled \(sampled.bytes) against \(exact)")
+        try await harness.delete(guild)
+        let gone = try await harness.store.footprint(guild: guild)
+        #expect(gone.bytes < 1000, "only the meta's fencing fields stay after a delete: \(gone.bytes)")
+    }
+
     @Test("a trainer that reads the chain as it goes counts exactly", arguments: [1, Trainer.Configuration(consumer: "default").cacheBytes])
     func readsUnderWriteBehind(cacheBytes: Int) async throws {
         var harness = try ChainHarness()

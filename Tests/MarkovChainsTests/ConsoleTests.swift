@@ -11,7 +11,7 @@ struct ConsoleTests {
         defer { try? FileManager.default.removeItem(at: data) }
         let process = Process()
         process.executableURL = executable
-        process.arguments = ["up", "--data", data.path]
+        process.arguments = ["up", "--data", data.path, "--web-port", "0"]
         var environment = ProcessInfo.processInfo.environment
         environment["REDIS_URL"] = nil
         environment["REDIS_CLUSTER_NODES"] = nil

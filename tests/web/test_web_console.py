@@ -75,6 +75,7 @@ class Console:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+        self.process.stdout.close()
         return self.process.returncode
 
     def request(self, method, path, body=None, headers=None, token=True):
