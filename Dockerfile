@@ -29,7 +29,8 @@ COPY . .
 # --static-swift-stdlib links the Swift runtime and Foundation into the binary, so the runtime image needs no
 # Swift toolchain. The binary is left unstripped so crash backtraces keep their symbols.
 # SwiftPM resource bundles are looked up next to the executable, so they are staged beside it:
-# markov_MarkovChains.resources holds the Redis Functions library (ChainLibrary.lua).
+# markov_MarkovChains.resources holds the Redis Functions library (ChainLibrary.lua), markov_LocalConsole.resources
+# the web console's page (`markov up`).
 RUN swift build -c release --product markov --static-swift-stdlib \
     && mkdir -p /staging \
     && cp .build/release/markov /staging/ \

@@ -64,10 +64,10 @@ public struct ConsoleImport: Sendable {
     }
 
     /// Reads `file`, appends its messages to the bulk lane and waits until the trainers have applied them,
-    /// reporting progress as it goes. Throws what went wrong (a malformed file, Redis); the events appended
+    /// reporting progress as it goes (a report that throws stops it). Throws what went wrong (a malformed file, Redis); the events appended
     /// before a failure stay appended and are learnt.
     @discardableResult
-    public func run(file: String, progress report: @Sendable (Progress) -> Void) async throws -> Progress {
+    public func run(file: String, progress report: @Sendable (Progress) throws -> Void) async throws -> Progress {
         let clock = ContinuousClock()
         let start = clock.now
         var progress = Progress()
@@ -77,13 +77,13 @@ public struct ConsoleImport: Sendable {
             let elapsed = clock.now - start
             return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         }
-        report(progress)
+        try report(progress)
         let summary = try await HistoryImporter.read(file: file, guild: self.guild) { events, bytesRead in
             try await log.append(events, lane: .bulk)
             progress.appended += events.count
             progress.bytesRead = bytesRead
             progress.elapsed = seconds()
-            report(progress)
+            try report(progress)
         }
         progress.format = summary.format.rawValue
         progress.bytesRead = progress.bytes
@@ -94,12 +94,12 @@ public struct ConsoleImport: Sendable {
             progress.applied = max(0, progress.appended - backlog)
             progress.elapsed = seconds()
             if backlog == 0 { break }
-            report(progress)
+            try report(progress)
             try await Task.sleep(for: self.pollInterval)
         }
         progress.applied = progress.appended
         progress.phase = .done
-        report(progress)
+        try report(progress)
         return progress
     }
 }

@@ -6,6 +6,7 @@ import Logging
 import MarkovChains
 import MarkovCore
 import NIOCore
+import ServiceLifecycle
 import Synchronization
 
 // The endpoints (docs/web-console.md). Every answer of /api is JSON (`{"error": "…"}` with a 4xx or 5xx status
@@ -176,25 +177,39 @@ extension WebConsole {
     /// imported; answers 202 with the import's id (`GET /api/imports/<id>` and the event stream follow it).
     private func upload(_ request: Request) async throws -> Response {
         let name = String((request.uri.queryParameters.get("name") ?? "upload").prefix(200))
+        let limit = self.configuration.maxUploadBytes
+        let tooLarge = "a history file is at most \(limit >> 20) MiB here"
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limit {
+            return Self.error(.contentTooLarge, tooLarge)
+        }
         let id = UUID().uuidString.lowercased().prefix(12).description
         let path = self.configuration.uploadDirectory + "/markov-import-\(id)"
-        guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
+        guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]),
+              let handle = FileHandle(forWritingAtPath: path)
+        else {
             return Self.error(.internalServerError, "cannot write the upload to \(self.configuration.uploadDirectory)")
         }
-        var size = 0
+        // A graceful shutdown cuts an upload still arriving (a stalled client must not hold the stop up).
+        let size: Int
         do {
-            defer { try? handle.close() }
-            for try await buffer in request.body {
-                size += buffer.readableBytes
-                guard size <= self.configuration.maxUploadBytes else {
-                    try? FileManager.default.removeItem(atPath: path)
-                    return Self.error(.contentTooLarge, "a history file is at most \(self.configuration.maxUploadBytes >> 20) MiB here")
+            size = try await cancelWhenGracefulShutdown {
+                defer { try? handle.close() }
+                var size = 0
+                for try await buffer in request.body {
+                    size += buffer.readableBytes
+                    guard size <= limit else { return size }
+                    try handle.write(contentsOf: Data(buffer.readableBytesView))
                 }
-                try handle.write(contentsOf: Data(buffer.readableBytesView))
+                return size
             }
         } catch {
             try? FileManager.default.removeItem(atPath: path)
+            if Task.isShuttingDownGracefully { return Self.error(.serviceUnavailable, "the console is stopping") }
             return Self.error(.badRequest, "the upload did not arrive whole: \(error)")
+        }
+        guard size <= limit else {
+            try? FileManager.default.removeItem(atPath: path)
+            return Self.error(.contentTooLarge, tooLarge)
         }
         guard size > 0 else {
             try? FileManager.default.removeItem(atPath: path)
@@ -248,22 +263,34 @@ extension WebConsole {
     }
 }
 
-/// Who may use the console: with a token, only requests that carry it (`?token=` or `X-Markov-Token`); without,
-/// only requests addressed to a loopback name (a page of another site that rebinds its name to 127.0.0.1 is
-/// refused). A POST must carry `X-Markov-Console`, which a cross-site form cannot send. Static assets are open.
+/// Who may use the console. Everything but the page's three static files is guarded (whatever the spelling of the
+/// path: `//api/info` reaches the same handler as `/api/info`):
+/// - with a token, only requests that carry it (`?token=` or `X-Markov-Token`);
+/// - without, only requests addressed to a loopback name (a page of another site that rebinds its name to
+///   127.0.0.1 is refused);
+/// - a request a browser marks as cross-site (`Sec-Fetch-Site: cross-site`) is refused, and a POST must carry
+///   `X-Markov-Console`, which a cross-site form cannot send.
 struct Guard<Context: RequestContext>: RouterMiddleware {
     let token: String?
     let logger: Logger
 
     static var tokenHeader: HTTPField.Name { HTTPField.Name("X-Markov-Token")! }
     static var consoleHeader: HTTPField.Name { HTTPField.Name("X-Markov-Console")! }
+    static var fetchSiteHeader: HTTPField.Name { HTTPField.Name("Sec-Fetch-Site")! }
+    /// The paths served to anyone: the page itself holds nothing of the chains.
+    static var open: Set<String> { ["/", "/console.js", "/console.css"] }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard request.uri.path.hasPrefix("/api/") else { return try await next(request, context) }
+        guard !(request.method == .get && Self.open.contains(request.uri.path)) else {
+            var response = try await next(request, context)
+            // No other site may frame the page.
+            response.headers[HTTPField.Name("Content-Security-Policy")!] = "frame-ancestors 'none'"
+            return response
+        }
         if let token = self.token {
             let given = request.uri.queryParameters.get("token").map { String($0) } ?? request.headers[Self.tokenHeader] ?? ""
             guard Self.same(given, token) else {
-                return WebConsole.error(.unauthorized, "this console needs its token: open the URL `markov up` printed")
+                return WebConsole.error(.unauthorized, "this console needs its token: open the URL `markov up` printed (a restart makes a new one)")
             }
         } else {
             let authority = request.head.authority ?? ""
@@ -271,6 +298,9 @@ struct Guard<Context: RequestContext>: RouterMiddleware {
             guard ["127.0.0.1", "localhost", "::1"].contains(host.lowercased()) else {
                 return WebConsole.error(.forbidden, "the console answers only requests to 127.0.0.1 or localhost (this one was for \"\(authority)\")")
             }
+        }
+        if request.headers[Self.fetchSiteHeader] == "cross-site" {
+            return WebConsole.error(.forbidden, "cross-site requests are refused")
         }
         if request.method == .post && request.headers[Self.consoleHeader] == nil {
             return WebConsole.error(.forbidden, "a POST needs the header X-Markov-Console (cross-site requests are refused)")

@@ -69,6 +69,16 @@ public final class WebConsole: Service, Sendable {
         self.monitor = Monitor()
     }
 
+    /// Whether the server came up, set from its callback.
+    private final class Flag: Sendable {
+        let value = Atomic<Bool>(false)
+    }
+
+    /// The console could not start listening (the port is taken, say).
+    public struct ListenError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
     /// A token good enough to guard a console reachable from the network: 128 random bits, hex.
     public static func makeToken() -> String {
         (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
@@ -81,10 +91,12 @@ public final class WebConsole: Service, Sendable {
         var quiet = self.logger
         quiet.logLevel = max(self.logger.logLevel, .notice)
         let configuration = self.configuration
+        let listening = Flag()
         let app = Application(
             router: router,
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "markov-console"),
             onServerRunning: { [announce] channel in
+                listening.value.store(true, ordering: .relaxed)
                 let port = channel.localAddress?.port ?? configuration.port
                 let host = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
                 announce("http://\(host):\(port)/" + (configuration.token.map { "?token=\($0)" } ?? ""))
@@ -92,7 +104,16 @@ public final class WebConsole: Service, Sendable {
             logger: quiet
         )
         try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { try await app.run() }
+            group.addTask {
+                do {
+                    try await app.run()
+                } catch where !listening.value.load(ordering: .relaxed) {
+                    throw ListenError(description: """
+                        the web console cannot listen on \(configuration.host):\(configuration.port) (\(error)); \
+                        choose another port with --web-port N (0: any free one), or run without it: --no-web
+                        """)
+                }
+            }
             group.addTask { await self.runImports() }
             group.addTask { await self.runMonitor() }
         }
@@ -100,7 +121,8 @@ public final class WebConsole: Service, Sendable {
 
     // MARK: Imports
 
-    /// Runs the uploaded imports one after another until graceful shutdown.
+    /// Runs the uploaded imports one after another until graceful shutdown; the files of imports not started by
+    /// then are removed.
     private func runImports() async {
         for await job in self.imports.queue.cancelOnGracefulShutdown() {
             let importer = ConsoleImport(log: self.log, guild: self.conversation.guild)
@@ -108,22 +130,25 @@ public final class WebConsole: Service, Sendable {
             do {
                 // A graceful shutdown stops the import (the trainer that would apply it is stopping too); what was
                 // appended stays in the log and is learnt at the next start.
-                try await cancelWhenGracefulShutdown {
-                    try await importer.run(file: job.file) { progress in jobs.update(job.id, progress) }
+                _ = try await cancelWhenGracefulShutdown {
+                    try await importer.run(file: job.file) { progress in
+                        try Task.checkCancellation()
+                        jobs.update(job.id, progress)
+                    }
                 }
                 self.logger.info("web console import done", metadata: ["import": "\(job.id)", "file": "\(job.name)"])
             } catch {
                 var progress = jobs.progress(job.id) ?? .init()
                 progress.phase = .failed
-                progress.error = error is CancellationError
-                    ? "stopped: the console shut down"
+                progress.error = Task.isShuttingDownGracefully || Task.isCancelled
+                    ? "stopped: the console shut down (what was read is learnt at the next start)"
                     : "\(error)".replacingOccurrences(of: job.file, with: job.name)
                 jobs.update(job.id, progress)
                 self.logger.warning("web console import failed", metadata: ["import": "\(job.id)", "error": "\(error)"])
             }
             try? FileManager.default.removeItem(atPath: job.file)
         }
-        self.imports.finish()
+        for file in self.imports.finish() { try? FileManager.default.removeItem(atPath: file) }
     }
 
     // MARK: The monitor
@@ -294,43 +319,69 @@ final class ImportJobs: Sendable {
     struct Status: Sendable, Encodable {
         var id: String
         var name: String
+        /// Waiting for the imports before it.
+        var queued: Bool
         var progress: ConsoleImport.Progress
         var fraction: Double
         var rate: Double
         var eta: Double?
     }
 
+    private struct Entry {
+        var job: Job
+        var started = false
+        var progress = ConsoleImport.Progress()
+        var finished: Bool { self.progress.phase == .done || self.progress.phase == .failed }
+    }
+
     let queue: AsyncStream<Job>
     private let continuation: AsyncStream<Job>.Continuation
-    private let jobs = Mutex<[(id: String, name: String, progress: ConsoleImport.Progress)]>([])
+    private let jobs = Mutex<[Entry]>([])
+    /// Finished imports kept for the page.
+    private let keep = 20
 
     init() { (self.queue, self.continuation) = AsyncStream.makeStream(of: Job.self) }
 
     /// Queues an uploaded file; false once the console is stopping.
     func add(_ job: Job) -> Bool {
-        self.jobs.withLock { jobs in
-            jobs.append((job.id, job.name, ConsoleImport.Progress()))
-            if jobs.count > 20 { jobs.removeFirst(jobs.count - 20) }
+        self.jobs.withLock { $0.append(Entry(job: job)) }
+        guard case .enqueued = self.continuation.yield(job) else {
+            self.jobs.withLock { $0.removeAll { $0.job.id == job.id } }
+            return false
         }
-        if case .enqueued = self.continuation.yield(job) { return true }
-        return false
+        return true
     }
 
     func update(_ id: String, _ progress: ConsoleImport.Progress) {
         self.jobs.withLock { jobs in
-            if let index = jobs.firstIndex(where: { $0.id == id }) { jobs[index].progress = progress }
+            guard let index = jobs.firstIndex(where: { $0.job.id == id }) else { return }
+            jobs[index].started = true
+            jobs[index].progress = progress
+            // Only finished imports are forgotten, the oldest first.
+            let finished = jobs.indices.filter { jobs[$0].finished }
+            if finished.count > self.keep {
+                let drop = Set(finished.prefix(finished.count - self.keep))
+                jobs = jobs.indices.filter { !drop.contains($0) }.map { jobs[$0] }
+            }
         }
     }
 
-    func progress(_ id: String) -> ConsoleImport.Progress? { self.jobs.withLock { $0.first { $0.id == id }?.progress } }
+    func progress(_ id: String) -> ConsoleImport.Progress? { self.jobs.withLock { $0.first { $0.job.id == id }?.progress } }
 
     func status(_ id: String) -> Status? { self.all().first { $0.id == id } }
 
     func all() -> [Status] {
-        self.jobs.withLock { $0 }.map { job in
-            Status(id: job.id, name: job.name, progress: job.progress, fraction: job.progress.fraction, rate: job.progress.rate, eta: job.progress.eta)
+        self.jobs.withLock { $0 }.map { entry in
+            Status(
+                id: entry.job.id, name: entry.job.name, queued: !entry.started, progress: entry.progress,
+                fraction: entry.progress.fraction, rate: entry.progress.rate, eta: entry.progress.eta
+            )
         }
     }
 
-    func finish() { self.continuation.finish() }
+    /// Ends the queue; returns the files of the imports that never started.
+    func finish() -> [String] {
+        self.continuation.finish()
+        return self.jobs.withLock { jobs in jobs.filter { !$0.started }.map(\.job.file) }
+    }
 }

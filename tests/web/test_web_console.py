@@ -255,6 +255,16 @@ class HTTPTests(unittest.TestCase):
         self.assertEqual(job['progress']['phase'], 'failed')
         self.assertIn('broken.json', job['progress']['error'])
         self.assertNotIn('markov-import-', job['progress']['error'])
+        # Too large, said before the body is read (Content-Length).
+        connection = http.client.HTTPConnection('127.0.0.1', self.console.port, timeout=30)
+        connection.putrequest('POST', '/api/imports?name=huge.json')
+        connection.putheader('X-Markov-Console', '1')
+        connection.putheader('Content-Length', str(2 << 30))
+        connection.endheaders()
+        response = connection.getresponse()
+        self.assertEqual(response.status, 413)
+        self.assertIn('at most', json.loads(response.read())['error'])
+        connection.close()
         status, _, answer = self.console.json('POST', '/api/imports?name=empty.txt', b'', headers)
         self.assertEqual(status, 400)
         status, _, answer = self.console.json('POST', '/api/imports?name=x.txt', b'hello', {})
@@ -285,6 +295,30 @@ class HTTPTests(unittest.TestCase):
         time.sleep(2.5)
         self.assertEqual(self.console.request('GET', '/api/info')[0], 200)
 
+    def test_system(self):
+        status, content_type, first = self.console.json('GET', '/api/system')
+        self.assertEqual((status, content_type), (200, 'application/json; charset=utf-8'))
+        self.console.say('one more line for the rates')
+        time.sleep(1.2)
+        status, _, second = self.console.json('GET', '/api/system')
+        self.assertGreater(second['metrics']['eventsPerSecond'], 0, second)
+        self.assertGreater(second['metrics']['residentBytes'], 1 << 20)
+        self.assertNotIn('rateLimits', second, 'no Discord here')
+
+    def test_cross_site_refused(self):
+        headers = {'Content-Type': 'application/json', 'X-Markov-Console': '1', 'Sec-Fetch-Site': 'cross-site'}
+        status, _, answer = self.console.json('POST', '/api/messages', json.dumps({'text': 'hi'}), headers)
+        self.assertEqual(status, 403)
+        status, _, answer = self.console.json('GET', '/api/stats', headers={'Sec-Fetch-Site': 'cross-site'})
+        self.assertEqual(status, 403)
+        # However the path is spelt.
+        status, _, answer = self.console.json('POST', '//api/messages', json.dumps({'text': 'hi'}), {'Content-Type': 'text/plain'})
+        self.assertEqual(status, 403)
+        status, _, _ = self.console.json('GET', '//api/info', headers={'Host': 'attacker.example'})
+        self.assertEqual(status, 403)
+        status, _, _ = self.console.request('GET', '/', headers={'Sec-Fetch-Site': 'same-origin'})
+        self.assertEqual(status, 200)
+
     def test_rebinding_refused(self):
         status, _, answer = self.console.json('GET', '/api/info', headers={'Host': 'attacker.example:80'})
         self.assertEqual(status, 403)
@@ -306,8 +340,12 @@ class TokenTests(unittest.TestCase):
             self.assertIn('token', answer['error'])
             self.assertEqual(console.request('GET', '/api/info?token=' + '0' * 32, token=False)[0], 401)
             self.assertEqual(console.request('GET', '/api/events', token=False)[0], 401)
-            # The page itself is static and public; what it reads is not.
+            # The page itself is static and public; what it reads is not, however the path is spelt.
             self.assertEqual(console.request('GET', '/', token=False)[0], 200)
+            for path in ['//api/info', '/api//info', '/./api/info', '//api/state?words=a']:
+                self.assertEqual(console.request('GET', path, token=False)[0], 401, path)
+            status, _, _ = console.json('POST', '//api/messages', json.dumps({'text': 'hi'}), {'X-Markov-Console': '1'}, token=False)
+            self.assertEqual(status, 401)
         finally:
             self.assertEqual(console.stop(), 0)
             shutil.rmtree(data, ignore_errors=True)

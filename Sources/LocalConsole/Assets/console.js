@@ -112,6 +112,7 @@ let currentImport = null;
 
 function showImport(status) {
   const p = status.progress;
+  if (status.queued) { $('import-text').textContent = `${status.name}: queued behind another import`; return; }
   $('import-bar').value = status.fraction;
   const percent = `${Math.floor(status.fraction * 100)} %`;
   if (p.phase === 'failed') {
@@ -320,10 +321,19 @@ function connect() {
     const running = tick.imports.find((i) => i.id === currentImport);
     if (running) showImport(running);
   });
-  source.onerror = () => {
+  source.onerror = async () => {
     $('status').textContent = 'reconnecting…';
     $('status').className = 'status down';
-    if (source.readyState === EventSource.CLOSED) setTimeout(connect, 1000);
+    if (source.readyState !== EventSource.CLOSED) return;  // EventSource retries by itself
+    // Refused: a console restarted off loopback has a new token, which only the URL it printed carries.
+    try {
+      const response = await fetch(api('/api/info'));
+      if (response.status === 401) {
+        $('status').textContent = 'open the new URL markov up printed';
+        return;
+      }
+    } catch (_) { /* not up yet */ }
+    setTimeout(connect, 1000);
   };
 }
 

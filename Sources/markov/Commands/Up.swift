@@ -21,7 +21,9 @@ struct Up: AsyncParsableCommand {
             With no REDIS_URL or REDIS_CLUSTER_NODES, starts redis-server from PATH with its data in --data \
             (append-only file on) and stops it on exit. Without DISCORD_TOKEN, each line typed is a message in \
             a local guild (id 1): it is learnt, and `!mark`, `!mark debug`, `!mark help`, `/mark seed:words` or \
-            a mention (@markov) answers. Ctrl-D or Ctrl-C ends it.
+            a mention (@markov) answers. Ctrl-D or Ctrl-C ends it. The web console (printed at start; \
+            docs/web-console.md) is the same conversation in a browser, with imports, a state inspector and \
+            live charts.
             """
     )
 
