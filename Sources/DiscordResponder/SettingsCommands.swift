@@ -106,6 +106,37 @@ struct SettingsCommands: Sendable {
                 try await self.store.setFilters(filters, guild: guild)
                 return "\(stripped()) This applies to new messages; `/filters relearn` applies it to what I learnt before."
             }
+        case .blocklist(let action, let word):
+            func listed() async throws -> String {
+                let words = try await self.store.blocklist(guild: guild)
+                guard !words.isEmpty else { return "No word is blocked here." }
+                var shown: [String] = []
+                var length = 0
+                for word in words {
+                    length += word.count + 6
+                    guard length < 1700 else { break }
+                    shown.append("||`\(word)`||")
+                }
+                let more = words.count - shown.count
+                return "I never say: \(shown.joined(separator: ", "))" + (more > 0 ? " and \(more) more." : ".")
+            }
+            if action == .list { return try await listed() }
+            guard let word else { return "Name a word." }
+            let entry: BlockEntry
+            do {
+                entry = try BlockEntry(word)
+            } catch {
+                return "\(error.description.prefix(1).uppercased())\(error.description.dropFirst())."
+            }
+            do {
+                let changed = try await self.store.setBlocked([entry], blocked: action == .add, guild: guild)
+                if action == .add {
+                    return changed.isEmpty ? "`\(entry)` was blocked already." : "I'll never say `\(entry)` here (from my next sentence on)."
+                }
+                return changed.isEmpty ? "`\(entry)` was not blocked." : "`\(entry)` is no longer blocked."
+            } catch let error as BlockEntry.InvalidEntry {
+                return "\(error.description.prefix(1).uppercased())\(error.description.dropFirst())."
+            }
         case .forgetMe:
             guard let user = interaction.member?.user?.id ?? interaction.user?.id else { return "I cannot tell who you are." }
             do {

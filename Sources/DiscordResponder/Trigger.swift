@@ -47,6 +47,8 @@ public struct Trigger: Sendable, Hashable {
         case filters(FiltersAction, filter: String?)
 
         public enum FiltersAction: String, Sendable, Hashable { case strip, keep, list, relearn }
+        /// `/blocklist add|remove word`, `/blocklist list`: tokens the bot never says.
+        case blocklist(Action, word: String?)
 
         /// Whether only admins (Administrator, Manage Guild or Manage Channels, or an owner) may use it.
         public var needsAdmin: Bool {
@@ -56,6 +58,7 @@ public struct Trigger: Sendable, Hashable {
                 action != .list
             case .filters(let action, _): action != .list
             case .chance, .deleteData, .train, .images: true
+            case .blocklist: true  // even its list: it names words the guild finds offensive
             }
         }
     }
@@ -146,6 +149,11 @@ public struct Trigger: Sendable, Hashable {
                 return Trigger(kind: .slash, request: .unsupported(name))
             }
             return Trigger(kind: .slash, request: .command(.filters(action, filter: string("what"))))
+        case "blocklist":
+            guard let action = subcommand.flatMap({ SlashCommand.Action(rawValue: $0.name) }) else {
+                return Trigger(kind: .slash, request: .unsupported(name))
+            }
+            return Trigger(kind: .slash, request: .command(.blocklist(action, word: string("word"))))
         case "forget-me":
             return Trigger(kind: .slash, request: .command(.forgetMe))
         case "remember-me":

@@ -37,10 +37,15 @@ public struct ConsoleImport: Sendable {
         public var fraction: Double {
             switch self.phase {
             case .done: return 1
-            case .reading, .failed where self.appended == 0: return self.bytes > 0 ? 0.5 * Double(self.bytesRead) / Double(self.bytes) : 0
+            case .reading:
+                return self.readFraction
+            case .failed where self.appended == 0:
+                return self.readFraction
             case .applying, .failed: return self.appended > 0 ? 0.5 + 0.5 * Double(self.applied) / Double(self.appended) : 0.5
             }
         }
+
+        private var readFraction: Double { self.bytes > 0 ? 0.5 * Double(self.bytesRead) / Double(self.bytes) : 0 }
 
         /// Messages applied per second so far.
         public var rate: Double { self.elapsed > 0 ? Double(self.applied) / self.elapsed : 0 }

@@ -23,6 +23,8 @@ public struct ChainKeys: Sendable, Hashable {
     public var optOut: String { "\(self.prefix):optout" }
     /// What the guild strips before learning (string, ``ContentFilters`` names; absent: the defaults).
     public var filters: String { "\(self.prefix):filters" }
+    /// Set of ``BlockEntry`` texts: tokens the bot never says (read by `markov_generate`).
+    public var blocklist: String { "\(self.prefix):block" }
     /// Thread id → its channel (hash): a message in a thread is learnt when its channel is.
     public var threads: String { "\(self.prefix):threads" }
     /// Message id → its first image URL (hash), for replies with an image.
@@ -101,6 +103,7 @@ public struct ChainKeys: Sendable, Hashable {
         Family(suffix: ":listen", owner: .chain, summary: "channels learnt from"),
         Family(suffix: ":filters", owner: .chain, summary: "training filters (what is stripped before learning)"),
         Family(suffix: ":optout", owner: .optOuts, summary: "users who opted out"),
+        Family(suffix: ":block", owner: .responder, summary: "blocklist: tokens never said"),
         Family(suffix: ":chance", owner: .responder, summary: "unasked reply chances"),
         Family(suffix: ":autorespond", owner: .responder, summary: "auto-respond channels"),
         Family(suffix: ":reply-channels", owner: .responder, summary: "channels replies are limited to"),

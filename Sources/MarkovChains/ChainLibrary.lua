@@ -256,6 +256,53 @@ local function draw2(P, L, p, state, h)
     return nil
 end
 
+-- A state's successors with their counts and next-state hashes (layout 2): {token}, {count}, {hash} lists.
+local function successors2(P, L, p, state, h)
+    local v = redis.call('HGET', state_key2(P, L, p, state, h), state)
+    if not v then return {}, {}, {} end
+    local n = byte(v, 1)
+    if n == 0 then return big_counts(P, state, v) end
+    local toks, counts, hashes = {}, {}, {}
+    local pos = 2
+    if n > 1 then local _; _, pos = count8(v, 2) end
+    for i = 1, n do
+        local nh, len = bunpack('<I3B', v, pos)
+        local count, after = count8(v, pos + 4 + len)
+        toks[i], counts[i], hashes[i] = sub(v, pos + 4, pos + 3 + len), count, nh
+        pos = after
+    end
+    return toks, counts, hashes
+end
+
+-- The blocklist ('{g}:block', a set of lowercased entries: a token, or '*x', 'x*', '*x*' for the tokens ending
+-- in, starting with or containing x). Tokens are compared lowercased (ASCII letters; other letters as stored).
+local block_exact, block_prefix, block_suffix, block_inner
+
+local function load_blocklist(P)
+    block_exact = nil
+    local entries = redis.call('SMEMBERS', P .. ':block')
+    if #entries == 0 then return false end
+    block_exact, block_prefix, block_suffix, block_inner = {}, {}, {}, {}
+    for _, e in ipairs(entries) do
+        local starts, ends = sub(e, 1, 1) == '*', sub(e, -1) == '*'
+        if starts and ends then block_inner[#block_inner + 1] = sub(e, 2, -2)
+        elseif starts then block_suffix[#block_suffix + 1] = sub(e, 2)
+        elseif ends then block_prefix[#block_prefix + 1] = sub(e, 1, -2)
+        else block_exact[e] = true end
+    end
+    return true
+end
+
+local function is_blocked(tok)
+    if not block_exact or tok == '' then return false end
+    local t = string.lower(tok)
+    if block_exact[t] then return true end
+    for _, x in ipairs(block_prefix) do if sub(t, 1, #x) == x then return true end end
+    for _, x in ipairs(block_suffix) do if #t >= #x and sub(t, -#x) == x then return true end end
+    for _, x in ipairs(block_inner) do if find(t, x, 1, true) then return true end end
+    return false
+end
+
 -- A state's successors as {token, count} pairs, and what the sampler keeps for it.
 local function inspect2(P, L, p, state)
     local key = state_key2(P, L, p, state, hash24(state))
@@ -467,10 +514,44 @@ local function generate(keys, args)
     linear_scan = args[10] == 'linear'
     local seed = {}
     for i = 11, #args do seed[#seed + 1] = args[i] end
+    local blocking = load_blocklist(P)
+    local seed_blocked = false
+    if blocking then
+        for _, word in ipairs(seed) do if is_blocked(word) then seed_blocked = true end end
+        if seed_blocked then seed = {} end
+    end
+
+    -- A successor of a state, never a blocked token: drawn from the state's distribution conditioned on not
+    -- being blocked, exactly. Rejection (redraw a blocked token) gives that distribution; after 32 rejections the
+    -- draw is made explicitly from the allowed successors, which is the same distribution, so the mixture is too.
+    -- nil, 'blocked' when every successor is blocked (layout 1: after 32 rejections).
+    local function pick(state, h)
+        if not blocking then return draw(P, L, p, state, h) end
+        for _ = 1, 32 do
+            local tok, nh, count, total = draw(P, L, p, state, h)
+            if tok == nil or not is_blocked(tok) then return tok, nh, count, total end
+        end
+        if not v2 then return nil, 'blocked' end
+        local toks, counts, hashes = successors2(P, L, p, state, h)
+        local allowed, total = 0, 0
+        for i = 1, #toks do
+            total = total + counts[i]
+            if not is_blocked(toks[i]) then allowed = allowed + counts[i] end
+        end
+        if allowed == 0 then return nil, 'blocked' end
+        local r = rand_below(allowed)
+        for i = 1, #toks do
+            if not is_blocked(toks[i]) then
+                r = r - counts[i]
+                if r < 0 then return toks[i], hashes[i], counts[i], total end
+            end
+        end
+        return nil, 'blocked'
+    end
 
     -- Where to start: the last n seed words as a state; else a seed word that starts messages (the last such);
     -- else anywhere.
-    local start, prefix, note = {}, {}, 'no seed'
+    local start, prefix, note = {}, {}, seed_blocked and 'a seed word is blocked; started at random' or 'no seed'
     for i = 1, n do start[i] = '' end
     if #seed > 0 then
         note = 'seed words unknown; started at random'
@@ -506,8 +587,11 @@ local function generate(keys, args)
         for i = 1, #prefix do out[i] = prefix[i] end
         local words, ended = #out, false
         while words < max_words do
-            local tok, nh, count, total = draw(P, L, p, state, h)
-            if tok == nil then break end
+            local tok, nh, count, total = pick(state, h)
+            if tok == nil then
+                if nh == 'blocked' then reason = 'every try met a state whose words are all blocked' end
+                break
+            end
             if debug then
                 steps[#steps + 1] = tok
                 steps[#steps + 1] = count

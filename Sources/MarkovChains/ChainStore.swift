@@ -193,6 +193,34 @@ public struct ChainStore: Sendable {
         try await self.redis.send(RedisCommand("SET", .string(ChainKeys(guild: guild).filters), .string(filters.description)))
     }
 
+    /// The guild's blocklist, sorted.
+    public func blocklist(guild: Snowflake) async throws(RedisError) -> [String] {
+        let reply = try await self.redis.send(RedisCommand("SMEMBERS", .string(ChainKeys(guild: guild).blocklist)))
+        return (reply.array ?? []).compactMap(\.string).sorted()
+    }
+
+    /// Adds entries to the blocklist (or removes them); the blocklist holds at most ``BlockEntry/maxEntries``
+    /// (``BlockEntry/InvalidEntry`` past it, nothing added). Returns the entries that changed. Generation sees the change at its next call.
+    @discardableResult
+    public func setBlocked(_ entries: [BlockEntry], blocked: Bool, guild: Snowflake) async throws -> [BlockEntry] {
+        guard !entries.isEmpty else { return [] }
+        let key = ChainKeys(guild: guild).blocklist
+        if blocked {
+            let count = try await self.redis.send(RedisCommand("SCARD", .string(key))).int ?? 0
+            let new = try await self.redis.send(RedisCommand("SMISMEMBER", [.string(key)] + entries.map { .string($0.text) })).array?
+                .filter { $0.int == 0 }.count ?? entries.count
+            guard count + new <= BlockEntry.maxEntries else {
+                throw BlockEntry.InvalidEntry(description: "a blocklist holds at most \(BlockEntry.maxEntries) words; this one has \(count)")
+            }
+        }
+        var changed: [BlockEntry] = []
+        for entry in entries {
+            let reply = try await self.redis.send(RedisCommand(blocked ? "SADD" : "SREM", .string(key), .string(entry.text)))
+            if reply.int == 1 { changed.append(entry) }
+        }
+        return changed
+    }
+
     /// Users who opted out.
     public func optedOutUsers(guild: Snowflake) async throws(RedisError) -> [String] {
         let reply = try await self.redis.send(RedisCommand("SMEMBERS", .string(ChainKeys(guild: guild).optOut)))

@@ -238,6 +238,51 @@ extension GatewayIntegrationTests {
             await fake.stop()
         }
 
+        @Test("/blocklist add, list and remove; a reply never says a blocked word, even when asked to start with it")
+        func blocklist() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let (group, task, _) = try await self.start(harness, fake)
+            let guild = Snowflake(String(Self.guild))!
+            for (index, text) in ["yaks love dark nights", "yaks love sunny days", "yaks adore sunny mornings", "yaks love quiet evenings"].enumerated() {
+                _ = try self.message(fake, 950 + UInt64(index), text)
+            }
+            let records = ChainKeys(guild: guild).messages
+            try await GatewayHarness.eventually("the messages learnt") {
+                try await harness.redis.send(RedisCommand("HLEN", .string(records))).int == 4
+            }
+            func options(_ action: String, _ word: String?) -> String {
+                word.map { #"[{"name":"\#(action)","type":1,"options":[{"name":"word","type":3,"value":"\#($0)"}]}]"# }
+                    ?? #"[{"name":"\#(action)","type":1}]"#
+            }
+            let refused = try await self.command(fake, id: 960, name: "blocklist", options: options("list", nil), permissions: "0")
+            #expect(refused?.contains("Only members with") == true, "\(refused ?? "")")
+            #expect(try await self.command(fake, id: 961, name: "blocklist", options: options("list", nil), permissions: "16") == "No word is blocked here.")
+            let added = try await self.command(fake, id: 962, name: "blocklist", options: options("add", "SUNNY"), permissions: "16")
+            #expect(added == "I'll never say `sunny` here (from my next sentence on).", "\(added ?? "")")
+            let wildcard = try await self.command(fake, id: 963, name: "blocklist", options: options("add", "dar*"), permissions: "16")
+            #expect(wildcard?.contains("`dar*`") == true)
+            let bad = try await self.command(fake, id: 964, name: "blocklist", options: options("add", "two words"), permissions: "16")
+            #expect(bad?.hasPrefix("A blocked word is one token") == true, "\(bad ?? "")")
+            let listed = try await self.command(fake, id: 965, name: "blocklist", options: options("list", nil), permissions: "16")
+            #expect(listed == "I never say: ||`dar*`||, ||`sunny`||.", "\(listed ?? "")")
+            // The walks through "sunny" and "dark" are cut, so the only sentence left is "yaks love quiet evenings";
+            // "!mark sunny" starts at random.
+            for index in 0..<8 { _ = try self.message(fake, 970 + UInt64(index), index % 2 == 0 ? "!mark" : "!mark sunny") }
+            try await GatewayHarness.eventually("eight answers") { fake.rest.messageCount >= 8 }
+            for reply in fake.rest.messages {
+                let words = reply.content.lowercased().split(separator: " ")
+                #expect(!words.contains("sunny") && !words.contains { $0.hasPrefix("dar") }, "\(reply.content)")
+            }
+            #expect(fake.rest.messages.filter { $0.content == "yaks love quiet evenings" }.count >= 8, "\(fake.rest.messages.map(\.content))")
+            let removed = try await self.command(fake, id: 980, name: "blocklist", options: options("remove", "sunny"), permissions: "16")
+            #expect(removed == "`sunny` is no longer blocked.")
+            #expect(try await ChainStore(redis: harness.redis, stateSize: 2).blocklist(guild: guild) == ["dar*"])
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
         @Test("the bot answers only in the channels singled out, and only members with a role allowed to ask (admins always)")
         func restrictions() async throws {
             let harness = try await GatewayHarness()

@@ -94,5 +94,107 @@ struct SamplingTests {
         }
         try await harness.delete(guild)
     }
+
+    @Test(
+        "with a blocklist, drawn successors follow the counts of the allowed ones (χ²), and blocked ones never come",
+        arguments: [10, 1200]
+    )
+    func chiSquareBlocked(successors: Int) async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        var counts: [String: Int] = [:]
+        var events: [ChainEvent] = []
+        for index in 0..<successors {
+            // Mixed case, so that the blocklist's case-insensitivity is exercised.
+            let token = index % 5 == 0 ? "Bad\(index)" : "t\(index)"
+            counts[token] = 1 + (index * 7) % 13
+            for copy in 0..<counts[token]! { events.append(ChainHarness.create(guild, id: "c\(index)-\(copy)", "s0 s1 \(token)")) }
+        }
+        try await harness.train(events)
+        // Blocked: every "bad…" (a prefix wildcard, which blocks a fifth of the counts), t1 exactly, and anything
+        // ending in "7" (a suffix wildcard).
+        let entries = try ["BAD*", "t1", "*7"].map { try BlockEntry($0) }
+        try await harness.store.setBlocked(entries, blocked: true, guild: guild)
+        let allowed = counts.filter { token, _ in !entries.contains { $0.blocks(token) } }
+        #expect(allowed.count < counts.count && !allowed.isEmpty)
+        let total = allowed.values.reduce(0, +)
+        let draws = max(2000, total * 6)
+        var observed: [String: Int] = [:]
+        try await withThrowingTaskGroup(of: [String].self) { group in
+            let workers = 8
+            for worker in 0..<workers {
+                group.addTask {
+                    var options = ChainStore.GenerationOptions()
+                    options.seedWords = ["s0", "s1"]
+                    options.allowCopies = true
+                    options.maxWords = 4
+                    var tokens: [String] = []
+                    for draw in stride(from: worker, to: draws, by: workers) {
+                        options.rngSeed = UInt64(draw) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(successors) &+ 17
+                        let sentence = try await harness.store.generate(guild: guild, options: options).sentence ?? ""
+                        tokens.append(String(sentence.split(separator: " ").dropFirst(2).first ?? ""))
+                    }
+                    return tokens
+                }
+            }
+            for try await tokens in group {
+                for token in tokens { observed[token, default: 0] += 1 }
+            }
+        }
+        #expect(Set(observed.keys).isSubset(of: Set(allowed.keys)), "blocked: \(Set(observed.keys).subtracting(allowed.keys).prefix(5))")
+        var chi = 0.0
+        for (token, count) in allowed {
+            let expected = Double(draws) * Double(count) / Double(total)
+            let difference = Double(observed[token, default: 0]) - expected
+            chi += difference * difference / expected
+        }
+        let critical = Self.critical(degreesOfFreedom: allowed.count - 1)
+        #expect(chi < critical, "χ² = \(chi) with \(allowed.count - 1) degrees of freedom (critical \(critical))")
+
+        // Every successor blocked: no sentence through the state, and the reason says so.
+        try await harness.store.setBlocked([try BlockEntry("t*")], blocked: true, guild: guild)
+        var options = ChainStore.GenerationOptions()
+        options.seedWords = ["s0", "s1"]
+        options.allowCopies = true
+        options.maxTries = 3
+        let none = try await harness.store.generate(guild: guild, options: options)
+        #expect(none.sentence == nil)
+        #expect(none.notes.contains("all blocked"), "\(none.notes)")
+        // Unblocked again: the state speaks.
+        try await harness.store.setBlocked(entries + [try BlockEntry("t*")], blocked: false, guild: guild)
+        #expect(try await harness.store.generate(guild: guild, options: options).sentence != nil)
+        try await harness.delete(guild)
+    }
+
+    @Test("no generated sentence holds a blocked token, seeded or not; a blocked seed word is not used")
+    func blockedNeverSaid() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        let guild = ChainHarness.newGuild()
+        let vocabulary = (0..<60).map { "w\($0)" } + ["Darn", "darnit", "heck", "HECKIN", "flipping"]
+        let texts = corpus(messages: 3000, seed: 99, vocabulary: vocabulary)
+        try await harness.train(texts.enumerated().map { ChainHarness.create(guild, id: "m\($0)", $1) })
+        let entries = try ["darn*", "heck", "heckin", "*ping", "w1", "w2*"].map { try BlockEntry($0) }
+        try await harness.store.setBlocked(entries, blocked: true, guild: guild)
+        var sentences = 0
+        for index in 0..<400 {
+            var options = ChainStore.GenerationOptions()
+            options.rngSeed = UInt64(index)
+            options.allowCopies = true
+            // Every fourth asks to start from a blocked word.
+            if index % 4 == 0 { options.seedWords = ["Darn"] }
+            let generation = try await harness.store.generate(guild: guild, options: options)
+            guard let sentence = generation.sentence else { continue }
+            sentences += 1
+            for token in sentence.split(separator: " ") {
+                #expect(!entries.contains { $0.blocks(String(token)) }, "\"\(token)\" in \"\(sentence)\"")
+            }
+            if index % 4 == 0 { #expect(generation.notes.contains("seed word is blocked"), "\(generation.notes)") }
+        }
+        #expect(sentences > 300)
+        try await harness.delete(guild, keepingOptOuts: false)
+        #expect(try await harness.store.blocklist(guild: guild) == [], "the blocklist goes with the guild")
+    }
 }
 }

@@ -196,12 +196,18 @@ struct GenerateBench: AsyncParsableCommand {
     @Option var count = 5000
     @Flag(help: "Ablation: sample big states by linear scan.") var linear = false
     @Flag(help: "Ablation: walk the chain from the client, one call per word.") var clientWalk = false
+    @Option(help: "Give the guild a blocklist of this many entries first (a tenth wildcards `*x*`, none in the corpus: what the matcher costs), removed at the end.")
+    var blocklist = 0
+    @Option(help: "Also block these words (repeatable; words of the corpus: what rejections cost).") var block: [String] = []
 
     func run() async throws {
         let (redis, store, _) = try self.common.make()
         defer { redis.shutdown() }
         let guild = Snowflake(self.guild)!
         try await store.prepare()
+        let entries = try (0..<self.blocklist).map { try BlockEntry($0 % 10 == 0 ? "*zqx\($0)*" : "zqxblocked\($0)") } + self.block.map { try BlockEntry($0) }
+        try await store.setBlocked(entries, blocked: true, guild: guild)
+
         let clock = ContinuousClock()
         let perCaller = self.count / self.callers
         let start = clock.now
@@ -241,6 +247,7 @@ struct GenerateBench: AsyncParsableCommand {
             "calls_per_sec=\(Int(Double(results.0.count) / elapsed)) sentences_per_sec=\(Int(Double(results.1) / elapsed)) "
                 + "p50_us=\(Int(quantile(results.0, 0.5))) p99_us=\(Int(quantile(results.0, 0.99)))"
         )
+        try await store.setBlocked(entries, blocked: false, guild: guild)
     }
 
     /// The client-side walk: one `markov_state` call per word, sampled here.

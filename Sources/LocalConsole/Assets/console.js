@@ -237,9 +237,9 @@ class Chart {
     g.setTransform(scale, 0, 0, scale, 0, 0);
     const w = c.clientWidth, h = c.clientHeight;
     g.clearRect(0, 0, w, h);
-    let max = 0;
-    for (const data of this.series.values()) for (const v of data) if (v !== null && v > max) max = v;
-    max = max > 0 ? max * 1.15 : 1;
+    let top = 0;
+    for (const data of this.series.values()) for (const v of data) if (v !== null && v > top) top = v;
+    const max = top > 0 ? top * 1.15 : 1;
     const colors = ['#5865f2', '#e67e22', '#2e8b57', '#c0392b', '#8e44ad', '#16a085'];
     let i = 0;
     for (const [, data] of this.series) {
@@ -259,7 +259,7 @@ class Chart {
     g.font = '11px system-ui, sans-serif';
     const last = [...this.series.values()].map((d) => d[d.length - 1]).filter((v) => v !== null);
     const shown = last.length ? last.reduce((a, b) => a + b, 0) : 0;
-    g.fillText(`now ${shown.toFixed(shown < 10 ? 1 : 0)}${this.unit}   max ${(max / 1.15).toFixed(1)}${this.unit}`, 4, 12);
+    g.fillText(`now ${shown.toFixed(shown < 10 ? 1 : 0)}${this.unit}   max ${top.toFixed(1)}${this.unit}`, 4, 12);
   }
 }
 

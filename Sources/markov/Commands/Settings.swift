@@ -28,8 +28,18 @@ struct Settings: AsyncParsableCommand {
     var strip: [String] = []
     @Option(help: "Learn this in messages again: links, invites, emoji, mentions or code (repeatable).")
     var keep: [String] = []
+    @Option(help: "Never say this word (repeatable; case-insensitive, whole tokens; `*x`, `x*`, `*x*`: ending in, starting with, containing x).")
+    var block: [String] = []
+    @Option(help: "Remove a word from the blocklist (repeatable).") var unblock: [String] = []
 
     func validate() throws {
+        for word in self.block + self.unblock {
+            do {
+                _ = try BlockEntry(word)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
         for name in self.strip + self.keep where ContentFilters(name: name) == nil {
             throw ValidationError("'\(name)' is not a filter; filters: \(ContentFilters.named.map(\.name).joined(separator: ", "))")
         }
@@ -64,11 +74,19 @@ struct Settings: AsyncParsableCommand {
             for name in self.keep { if let filter = ContentFilters(name: name) { filters.remove(filter) } }
             try await context.store.setFilters(filters, guild: guild)
         }
+        do {
+            try await context.store.setBlocked(try self.block.map { try BlockEntry($0) }, blocked: true, guild: guild)
+            try await context.store.setBlocked(try self.unblock.map { try BlockEntry($0) }, blocked: false, guild: guild)
+        } catch let error as BlockEntry.InvalidEntry {
+            throw ValidationError(error.description)
+        }
         print("guild \(guild)")
         print("  learning in channels: \(try await context.store.listenChannels(guild: guild).joined(separator: ", "))")
         let filtersOn = await context.flags.isOn(.trainingFilters, guild: guild)
         print("  stripped before learning: \(try await context.store.filters(guild: guild))"
               + (filtersOn ? "" : " (not applied: the training-filters flag is off for this guild)"))
+        let blocked = try await context.store.blocklist(guild: guild)
+        print("  never said: \(blocked.isEmpty ? "(no blocklist)" : blocked.joined(separator: ", "))")
         print("  opted-out users: \(try await context.store.optedOutUsers(guild: guild).joined(separator: ", "))")
         print("  auto-respond channels: \(try await responses.autorespondChannels(guild: guild).joined(separator: ", "))")
         let replyChannels = try await responses.replyChannels(guild: guild)
