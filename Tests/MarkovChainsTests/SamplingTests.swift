@@ -14,6 +14,48 @@ struct SamplingTests {
         return k * pow(1 - 2 / (9 * k) + z * (2 / (9 * k)).squareRoot(), 3)
     }
 
+    /// The successor drawn after `state` in `draws` one-step generations (8 callers, seeds from the draw's number
+    /// and `salt`), counted by token.
+    static func drawSuccessors(
+        of state: [String], guild: Snowflake, harness: ChainHarness, draws: Int, salt: UInt64
+    ) async throws -> [String: Int] {
+        var observed: [String: Int] = [:]
+        try await withThrowingTaskGroup(of: [String].self) { group in
+            let workers = 8
+            for worker in 0..<workers {
+                group.addTask {
+                    var options = ChainStore.GenerationOptions()
+                    options.seedWords = state
+                    options.allowCopies = true
+                    options.maxWords = 4
+                    var tokens: [String] = []
+                    for draw in stride(from: worker, to: draws, by: workers) {
+                        options.rngSeed = UInt64(draw) &* 0x9E37_79B9_7F4A_7C15 &+ salt
+                        let sentence = try await harness.store.generate(guild: guild, options: options).sentence ?? ""
+                        tokens.append(String(sentence.split(separator: " ").dropFirst(state.count).first ?? ""))
+                    }
+                    return tokens
+                }
+            }
+            for try await tokens in group {
+                for token in tokens { observed[token, default: 0] += 1 }
+            }
+        }
+        return observed
+    }
+
+    /// χ² of observed draws against counts, and its critical value at α = 0.001.
+    static func chiSquare(_ observed: [String: Int], expected counts: [String: Int], draws: Int) -> (chi: Double, critical: Double) {
+        let total = Double(counts.values.reduce(0, +))
+        var chi = 0.0
+        for (token, count) in counts {
+            let expected = Double(draws) * Double(count) / total
+            let difference = Double(observed[token, default: 0]) - expected
+            chi += difference * difference / expected
+        }
+        return (chi, Self.critical(degreesOfFreedom: counts.count - 1))
+    }
+
     @Test(
         "χ² of drawn successors against the counts, for states with 1, 2, 10 and 1200 successors",
         arguments: [1, 2, 10, 1200]
@@ -57,39 +99,12 @@ struct SamplingTests {
         counts = counts.filter { $0.value > 0 }
         let total = counts.values.reduce(0, +)
         let draws = max(2000, total * 6)
-        var observed: [String: Int] = [:]
-        try await withThrowingTaskGroup(of: [String].self) { group in
-            let workers = 8
-            for worker in 0..<workers {
-                group.addTask {
-                    var options = ChainStore.GenerationOptions()
-                    options.seedWords = ["s0", "s1"]
-                    options.allowCopies = true
-                    options.maxWords = 4
-                    var tokens: [String] = []
-                    for draw in stride(from: worker, to: draws, by: workers) {
-                        options.rngSeed = UInt64(draw) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(successors)
-                        let sentence = try await harness.store.generate(guild: guild, options: options).sentence ?? ""
-                        tokens.append(String(sentence.split(separator: " ").dropFirst(2).first ?? ""))
-                    }
-                    return tokens
-                }
-            }
-            for try await tokens in group {
-                for token in tokens { observed[token, default: 0] += 1 }
-            }
-        }
+        let observed = try await Self.drawSuccessors(of: ["s0", "s1"], guild: guild, harness: harness, draws: draws, salt: UInt64(successors))
         #expect(Set(observed.keys).isSubset(of: Set(counts.keys)), "only live successors are drawn")
         if counts.count == 1 {
             #expect(observed == counts.mapValues { _ in draws })
         } else {
-            var chi = 0.0
-            for (token, count) in counts {
-                let expected = Double(draws) * Double(count) / Double(total)
-                let difference = Double(observed[token, default: 0]) - expected
-                chi += difference * difference / expected
-            }
-            let critical = Self.critical(degreesOfFreedom: counts.count - 1)
+            let (chi, critical) = Self.chiSquare(observed, expected: counts, draws: draws)
             #expect(chi < critical, "χ² = \(chi) with \(counts.count - 1) degrees of freedom (critical \(critical))")
         }
         try await harness.delete(guild)
@@ -120,36 +135,9 @@ struct SamplingTests {
         #expect(allowed.count < counts.count && !allowed.isEmpty)
         let total = allowed.values.reduce(0, +)
         let draws = max(2000, total * 6)
-        var observed: [String: Int] = [:]
-        try await withThrowingTaskGroup(of: [String].self) { group in
-            let workers = 8
-            for worker in 0..<workers {
-                group.addTask {
-                    var options = ChainStore.GenerationOptions()
-                    options.seedWords = ["s0", "s1"]
-                    options.allowCopies = true
-                    options.maxWords = 4
-                    var tokens: [String] = []
-                    for draw in stride(from: worker, to: draws, by: workers) {
-                        options.rngSeed = UInt64(draw) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(successors) &+ 17
-                        let sentence = try await harness.store.generate(guild: guild, options: options).sentence ?? ""
-                        tokens.append(String(sentence.split(separator: " ").dropFirst(2).first ?? ""))
-                    }
-                    return tokens
-                }
-            }
-            for try await tokens in group {
-                for token in tokens { observed[token, default: 0] += 1 }
-            }
-        }
+        let observed = try await Self.drawSuccessors(of: ["s0", "s1"], guild: guild, harness: harness, draws: draws, salt: UInt64(successors) &+ 17)
         #expect(Set(observed.keys).isSubset(of: Set(allowed.keys)), "blocked: \(Set(observed.keys).subtracting(allowed.keys).prefix(5))")
-        var chi = 0.0
-        for (token, count) in allowed {
-            let expected = Double(draws) * Double(count) / Double(total)
-            let difference = Double(observed[token, default: 0]) - expected
-            chi += difference * difference / expected
-        }
-        let critical = Self.critical(degreesOfFreedom: allowed.count - 1)
+        let (chi, critical) = Self.chiSquare(observed, expected: allowed, draws: draws)
         #expect(chi < critical, "χ² = \(chi) with \(allowed.count - 1) degrees of freedom (critical \(critical))")
 
         // Every successor blocked: no sentence through the state, and the reason says so.
