@@ -126,7 +126,7 @@ struct SettingsCommands: Sendable {
             do {
                 entry = try BlockEntry(word)
             } catch {
-                return "\(error.description.prefix(1).uppercased())\(error.description.dropFirst())."
+                return error.sentence
             }
             do {
                 let changed = try await self.store.setBlocked([entry], blocked: action == .add, guild: guild)
@@ -135,7 +135,7 @@ struct SettingsCommands: Sendable {
                 }
                 return changed.isEmpty ? "`\(entry)` was not blocked." : "`\(entry)` is no longer blocked."
             } catch let error as BlockEntry.InvalidEntry {
-                return "\(error.description.prefix(1).uppercased())\(error.description.dropFirst())."
+                return error.sentence
             }
         case .forgetMe:
             guard let user = interaction.member?.user?.id ?? interaction.user?.id else { return "I cannot tell who you are." }
@@ -170,4 +170,9 @@ struct SettingsCommands: Sendable {
             }
         }
     }
+}
+
+extension BlockEntry.InvalidEntry {
+    /// The error as a reply: capitalized, with a full stop.
+    fileprivate var sentence: String { "\(self.description.prefix(1).uppercased())\(self.description.dropFirst())." }
 }

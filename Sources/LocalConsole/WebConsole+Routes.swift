@@ -47,9 +47,7 @@ extension WebConsole {
             var sampler = self.systemSampler.withLock { $0 }
             let tick = await self.sample(&sampler, footprint: nil)
             self.systemSampler.withLock { $0 = sampler }
-            var headers = HTTPFields()
-            headers[.contentType] = "application/json; charset=utf-8"
-            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: tick)))
+            return Self.json(encoded: tick)
         }
     }
 
@@ -249,10 +247,13 @@ extension WebConsole {
     // MARK: Answers
 
     static func json(_ value: some Encodable) -> Response {
+        Self.json(encoded: (try? JSONEncoder.console.encode(value)) ?? Data("{}".utf8))
+    }
+
+    static func json(encoded data: Data) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "application/json; charset=utf-8"
         headers[.cacheControl] = "no-store"
-        let data = (try? JSONEncoder.console.encode(value)) ?? Data("{}".utf8)
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 

@@ -19,10 +19,12 @@ extension ChainStore {
         let keys = ChainKeys(guild: guild)
         let totals = try await self.totals(guild: guild)
         let shape = LinearHashing(level: totals["L", default: 0], split: totals["p", default: 0])
-        let bigStates = try await self.redis.send(RedisCommand("SCARD", .string(keys.key(ChainKeys.bigStatesSuffix)))).int ?? 0
-        let bigSample = try await self.redis.send(
-            RedisCommand("SRANDMEMBER", .string(keys.key(ChainKeys.bigStatesSuffix)), .integer(max(1, sample / 4)))
-        ).array?.compactMap(\.bytes) ?? []
+        let bigs = keys.key(ChainKeys.bigStatesSuffix)
+        let counted = await self.redis.pipeline([
+            RedisCommand("SCARD", .string(bigs)), RedisCommand("SRANDMEMBER", .string(bigs), .integer(max(1, sample / 4))),
+        ])
+        let bigStates = try counted[0].get().int ?? 0
+        let bigSample = try counted[1].get().array?.compactMap(\.bytes) ?? []
 
         let fixed = ChainKeys.fixedSuffixes(of: Set(ChainKeys.Owner.allCases)).map(keys.key)
         let bucketCount = totals.isEmpty ? 0 : shape.buckets

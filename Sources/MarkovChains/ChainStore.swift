@@ -213,11 +213,10 @@ public struct ChainStore: Sendable {
                 throw BlockEntry.InvalidEntry(description: "a blocklist holds at most \(BlockEntry.maxEntries) words; this one has \(count)")
             }
         }
+        // One pipeline; each command's answer says whether its entry changed.
+        let results = await self.redis.pipeline(entries.map { RedisCommand(blocked ? "SADD" : "SREM", .string(key), .string($0.text)) })
         var changed: [BlockEntry] = []
-        for entry in entries {
-            let reply = try await self.redis.send(RedisCommand(blocked ? "SADD" : "SREM", .string(key), .string(entry.text)))
-            if reply.int == 1 { changed.append(entry) }
-        }
+        for (entry, result) in zip(entries, results) where try result.get().int == 1 { changed.append(entry) }
         return changed
     }
 
