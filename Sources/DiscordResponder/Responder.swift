@@ -188,7 +188,7 @@ public final class Responder: Service, Sendable {
             return await self.handleMessage(event)
         case .interaction:
             return await self.handleInteraction(event)
-        case .update, .delete, .deleteBulk, .guildRemoved, .threads, .forgetUser, .deleteData, .migrate, .relearn:
+        case .update, .delete, .deleteBulk, .guildRemoved, .threads, .forgetUser, .deleteData, .migrate, .relearn, .restore:
             return true
         }
     }

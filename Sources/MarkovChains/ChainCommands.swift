@@ -45,6 +45,38 @@ public struct ChainCommands: Sendable {
         return (Self.value(outcome, "messages"), Self.value(outcome, "relearnt"))
     }
 
+    /// How a restore ended.
+    public enum RestoreOutcome: Sendable, Equatable {
+        /// The guild now holds the file's keys.
+        case restored(keys: Int)
+        /// The guild was restored from this same file before: nothing changed.
+        case already
+    }
+
+    /// The guild's owner refused a restore (the guild has data, another state size, a damaged part); nothing changed.
+    public struct RestoreRefused: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Restores a guild export: `parts` appends the parts in order through the function it is given, then this waits
+    /// for the owner's outcome.
+    public func restore(
+        guild: Snowflake, timeout: Duration = .seconds(3600),
+        parts: (_ append: ([GuildArchive.Part]) async throws -> Void) async throws -> Void
+    ) async throws -> RestoreOutcome {
+        let token = Self.token()
+        try await parts { batch in
+            let events = batch.map { part in
+                ChainEvent(kind: .restore, source: .console, guildID: guild, payload: part.payload, reply: token)
+            }
+            try await self.log.append(events)
+        }
+        let outcome = try await self.wait(guild: guild, token: token, timeout: timeout)
+        if outcome.hasPrefix("error=") { throw RestoreRefused(description: String(outcome.dropFirst(6))) }
+        if outcome == "restored=already" { return .already }
+        return .restored(keys: Self.value(outcome, "keys"))
+    }
+
     /// Appends a command and waits for its outcome; `progress` hears what the owner reports (`done total`) on the
     /// way, for commands that report it.
     public func run(_ event: ChainEvent, timeout: Duration, progress: (@Sendable (Int, Int) -> Void)? = nil) async throws -> String {
@@ -52,7 +84,14 @@ public struct ChainCommands: Sendable {
         let token = Self.token()
         event.reply = token
         try await self.log.append([event])
-        let key = ChainKeys(guild: event.guildID).key(ChainKeys.replySuffix(token))
+        return try await self.wait(guild: event.guildID, token: token, timeout: timeout, progress: progress)
+    }
+
+    /// Waits for the outcome the owner pushes to `{g:G}:reply:<token>`.
+    private func wait(
+        guild: Snowflake, token: String, timeout: Duration, progress: (@Sendable (Int, Int) -> Void)? = nil
+    ) async throws -> String {
+        let key = ChainKeys(guild: guild).key(ChainKeys.replySuffix(token))
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             try Task.checkCancellation()
@@ -63,7 +102,7 @@ public struct ChainCommands: Sendable {
                 if numbers.count == 2 { progress(numbers[0], numbers[1]) }
             }
         }
-        throw Timeout(guild: event.guildID, waited: timeout)
+        throw Timeout(guild: guild, waited: timeout)
     }
 
     private static func value(_ outcome: String, _ name: String) -> Int {

@@ -84,12 +84,22 @@ public struct ChainKeys: Sendable, Hashable {
         public var suffix: String
         public var owner: Owner
         public var summary: String
+        /// Whether `markov export` writes it: the guild's data and settings are; the meta's fencing and progress, a
+        /// backfill under way and keys of the earlier layout are not.
+        public var isPortable: Bool
+
+        init(suffix: String, owner: Owner, summary: String, portable: Bool = true) {
+            self.suffix = suffix
+            self.owner = owner
+            self.summary = summary
+            self.isPortable = portable
+        }
     }
 
     /// Every per-guild key family (fixed keys are deleted by name; families with `*` are found from the
     /// chain's shape and its sets of big states).
     public static let families: [Family] = [
-        Family(suffix: ":meta", owner: .meta, summary: "totals, bucket table shape L/p, layout, epoch, wseq, applied entries"),
+        Family(suffix: ":meta", owner: .meta, summary: "totals, bucket table shape L/p, layout, epoch, wseq, applied entries", portable: false),
         Family(suffix: ":b:*", owner: .chain, summary: "bucket hashes: state → successors or big-state header"),
         Family(suffix: ":L", owner: .chain, summary: "states whose text passes 64 bytes"),
         Family(suffix: ":bigs", owner: .chain, summary: "set of big states"),
@@ -108,15 +118,15 @@ public struct ChainKeys: Sendable, Hashable {
         Family(suffix: ":autorespond", owner: .responder, summary: "auto-respond channels"),
         Family(suffix: ":reply-channels", owner: .responder, summary: "channels replies are limited to"),
         Family(suffix: ":ask-roles", owner: .responder, summary: "roles allowed to ask"),
-        Family(suffix: ":backfill", owner: .responder, summary: "the history backfill"),
-        Family(suffix: ":backfill:queue", owner: .responder, summary: "channels the backfill has left"),
-        Family(suffix: ":cfg", owner: .responder, summary: "(earlier versions) settings"),
-        Family(suffix: ":c:*", owner: .chain, summary: "layout 1 bucket hashes"),
-        Family(suffix: ":big", owner: .chain, summary: "layout 1 set of big states"),
-        Family(suffix: ":s:*", owner: .chain, summary: "layout 1 big-state counts"),
-        Family(suffix: ":a:*", owner: .chain, summary: "layout 1 alias blobs"),
-        Family(suffix: ":p:*", owner: .chain, summary: "layout 1 increments lists"),
-        Family(suffix: ":n:*", owner: .chain, summary: "layout 1 decrements"),
+        Family(suffix: ":backfill", owner: .responder, summary: "the history backfill", portable: false),
+        Family(suffix: ":backfill:queue", owner: .responder, summary: "channels the backfill has left", portable: false),
+        Family(suffix: ":cfg", owner: .responder, summary: "(earlier versions) settings", portable: false),
+        Family(suffix: ":c:*", owner: .chain, summary: "layout 1 bucket hashes", portable: false),
+        Family(suffix: ":big", owner: .chain, summary: "layout 1 set of big states", portable: false),
+        Family(suffix: ":s:*", owner: .chain, summary: "layout 1 big-state counts", portable: false),
+        Family(suffix: ":a:*", owner: .chain, summary: "layout 1 alias blobs", portable: false),
+        Family(suffix: ":p:*", owner: .chain, summary: "layout 1 increments lists", portable: false),
+        Family(suffix: ":n:*", owner: .chain, summary: "layout 1 decrements", portable: false),
     ]
 
     /// The fixed keys (no `*`) of the families of these owners.

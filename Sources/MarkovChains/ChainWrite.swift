@@ -125,6 +125,32 @@ struct ChainWrite: Sendable {
         }
     }
 
+    /// Writes a record of a guild archive (`markov restore`) to its key: HSET, SADD or SET, so writing it again
+    /// changes nothing.
+    mutating func restore(_ record: GuildArchive.Record) {
+        switch record {
+        case .hash(let suffix, let entries):
+            for start in stride(from: 0, to: entries.count, by: Self.maxFields) {
+                let slice = entries[start..<min(entries.count, start + Self.maxFields)]
+                self.hset(suffix: suffix, count: slice.count) { builder in
+                    for pair in slice {
+                        builder.append(pair.field)
+                        builder.append(pair.value)
+                    }
+                }
+            }
+        case .set(let suffix, let members):
+            for start in stride(from: 0, to: members.count, by: Self.maxFields) {
+                let slice = members[start..<min(members.count, start + Self.maxFields)]
+                self.command("SADD", suffix: suffix, count: slice.count, capacity: 24 * slice.count, cost: 1 + slice.count) { builder in
+                    for member in slice { builder.append(member) }
+                }
+            }
+        case .string(let suffix, let value):
+            self.set("", suffix, value)
+        }
+    }
+
     mutating func sadd(_ suffix: String, _ members: [[UInt8]]) {
         guard !members.isEmpty else { return }
         self.command("SADD", suffix: Array(suffix.utf8), count: members.count, capacity: 24 * members.count, cost: 1 + members.count) { builder in

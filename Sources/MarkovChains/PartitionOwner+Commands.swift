@@ -28,6 +28,10 @@ extension PartitionOwner {
         case .relearn:
             let (scanned, changed) = try await self.relearn(chain, reply: item.event.reply, lane: lane, statistics: &statistics)
             outcome = "messages=\(scanned) relearnt=\(changed)"
+        case .restore:
+            // Each part marks its entry applied with its own writes.
+            try await self.restore(chain, item: item, lane: lane)
+            return
         default:
             return
         }
@@ -37,6 +41,72 @@ extension PartitionOwner {
         write.hset(":meta", chain.metaFields(lanes: lanes))
         if let reply = item.event.reply { write.reply(ChainKeys.replySuffix(reply), outcome, ttlMilliseconds: 600_000) }
         try await self.send([WriteCall(guild: chain.guild, last: item.id, write: write)], lane: lane)
+    }
+
+    // MARK: Restoring an export
+
+    /// Writes one part of a restore (``GuildArchive/Part``). The first part checks that the guild holds no learnt
+    /// messages (or is this same restore, started before) and writes the file's totals and bucket table shape with a
+    /// mark naming the restore; later parts of a restore not so marked are skipped; the last marks it done. A
+    /// guild restored from the same file before answers `restored=already` and changes nothing.
+    private mutating func restore(_ chain: GuildChain, item: Item, lane: EventLog.Lane) async throws(RedisError) {
+        var lanes = chain.applied
+        lanes[lane] = item.id
+        var write = ChainWrite(keys: chain.keys)
+        func finish(_ outcome: String?) async throws(RedisError) {
+            write.hset(":meta", lanes.sorted { $0.key.rawValue < $1.key.rawValue }.map { ($0.key.appliedField, $0.value.description) })
+            if let outcome, let reply = item.event.reply { write.reply(ChainKeys.replySuffix(reply), outcome, ttlMilliseconds: 600_000) }
+            try await self.send([WriteCall(guild: chain.guild, last: item.id, write: write)], lane: lane)
+        }
+        let part: GuildArchive.Part
+        do {
+            part = try GuildArchive.Part(payload: item.event.payload ?? [])
+        } catch {
+            self.logger.warning("restore part refused", metadata: ["guild": "\(chain.guild)", "error": "\(error)"])
+            return try await finish("error=\(error)")
+        }
+        let marks = try await self.redis.send(RedisCommand("HMGET", .string(chain.keys.meta), "restoring", "restored")).array ?? []
+        let restoring = marks.first?.string, restored = marks.dropFirst().first?.string
+        if part.index == 1 {
+            if restored == part.digest { return try await finish("restored=already") }
+            if restoring != part.digest {
+                let records = try await self.redis.send(RedisCommand("EXISTS", .string(chain.keys.messages))).int ?? 0
+                if chain.counters.messages > 0 || chain.counters.states > 0 || records > 0 {
+                    return try await finish("error=guild \(chain.guild) has learnt messages; delete its data first (markov delete-guild --guild \(chain.guild))")
+                }
+            }
+            if part.header.stateSize != chain.stateSize {
+                return try await finish("error=the file was trained with state size \(part.header.stateSize); this system uses \(chain.stateSize)")
+            }
+            // The totals and shape first, so that messages learnt between parts find the states where they will be.
+            write.persist(":meta")
+            write.hdel(":meta", [Array("deleted".utf8), Array("restored".utf8)])
+            write.hset(":meta", part.header.meta.sorted { $0.key < $1.key } + [("restoring", part.digest)])
+        } else if restoring != part.digest {
+            // The restore was refused or is done: its later parts change nothing.
+            return try await finish(nil)
+        }
+        for record in part.records { write.restore(record) }
+        var outcome: String?
+        if part.isLast {
+            write.hdel(":meta", [Array("restoring".utf8)])
+            write.hset(":meta", [("restored", part.digest)])
+            outcome = "keys=\(part.keys)"
+        }
+        try await finish(outcome)
+        if part.index == 1 {
+            // What this owner knew of the guild is void: it reads the restored states from Redis from now on.
+            var meta = part.header.meta
+            meta["wseq"] = String(self.chains[chain.guild]?.wseq ?? 0)
+            meta["epoch"] = String(self.handle.epoch)
+            for (lane, id) in lanes { meta[lane.appliedField] = id.description }
+            self.drop(chain.guild)
+            self.chains[chain.guild] = GuildChain(guild: chain.guild, stateSize: self.trainer.store.stateSize, meta: meta)
+            self.fenced.insert(chain.guild)
+        }
+        if part.isLast {
+            self.logger.info("guild restored", metadata: ["guild": "\(chain.guild)", "keys": "\(part.keys)", "restore": "\(part.digest)"])
+        }
     }
 
     // MARK: Forgetting a user

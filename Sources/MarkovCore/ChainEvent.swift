@@ -32,6 +32,8 @@ public struct ChainEvent: Sendable, Hashable {
         case migrate
         /// Learn the guild's recorded messages again under its training filters now (`markov relearn`).
         case relearn
+        /// One part of a guild export being restored (`markov restore`), in ``ChainEvent/payload``.
+        case restore
     }
 
     /// Where the event came from.
@@ -214,6 +216,8 @@ public struct ChainEvent: Sendable, Hashable {
             guard !self.messageIDs.isEmpty else { throw DecodingError(description: "delete_bulk without ids") }
         case .guildRemoved, .deleteData, .migrate, .relearn:
             break
+        case .restore:
+            guard self.payload?.isEmpty == false else { throw DecodingError(description: "restore without a payload") }
         case .forgetUser:
             guard self.authorID != nil else { throw DecodingError(description: "forget_user without an author") }
         case .threads:

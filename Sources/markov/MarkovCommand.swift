@@ -12,7 +12,8 @@ struct Markov: AsyncParsableCommand {
             """,
         subcommands: [
             Up.self, Gateway.self, Trainer.self, Responder.self, Train.self, Generate.self, Inspect.self,
-            Settings.self, ForgetUser.self, RegisterCommands.self, DeleteGuild.self, Migrate.self, Relearn.self, Flags.self, Probe.self,
+            Settings.self, ForgetUser.self, RegisterCommands.self, DeleteGuild.self, Migrate.self, Relearn.self, Export.self, Restore.self,
+            Flags.self, Probe.self,
         ]
     )
 }
