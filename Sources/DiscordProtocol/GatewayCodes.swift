@@ -16,6 +16,8 @@ public struct GatewayIntents: OptionSet, Sendable, Hashable {
     public init(rawValue: Int) { self.rawValue = rawValue }
 
     public static let guilds = GatewayIntents(rawValue: 1 << 0)
+    /// Privileged: GUILD_MEMBER_REMOVE, for guilds that purge a member's data when they leave.
+    public static let guildMembers = GatewayIntents(rawValue: 1 << 1)
     public static let guildMessages = GatewayIntents(rawValue: 1 << 9)
     public static let directMessages = GatewayIntents(rawValue: 1 << 12)
     /// Privileged: without it `content` arrives empty except for mentions of the bot.

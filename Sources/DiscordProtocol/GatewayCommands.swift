@@ -99,6 +99,8 @@ extension GatewayFrame {
             // `unavailable: true` is an outage, not a removal: the data stays.
             guard guild.unavailable != true else { return nil }
             return ChainEvent(kind: .guildRemoved, source: .gateway, guildID: guild.id, origin: origin)
+        case .memberRemove(let removal):
+            return ChainEvent(kind: .memberLeft, source: .gateway, guildID: removal.guildID, authorID: removal.user.id, origin: origin)
         case .threads(let guild, let channels):
             // Only threads (10 announcement, 11 public, 12 private) with a parent matter: their messages are learnt
             // when the parent channel is.

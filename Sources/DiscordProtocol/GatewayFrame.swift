@@ -26,6 +26,8 @@ public struct GatewayFrame: Sendable, Decodable {
         case messageDelete(MessageDelete)
         case messageDeleteBulk(MessageDeleteBulk)
         case guildDelete(GuildDelete)
+        /// GUILD_MEMBER_REMOVE (only with the privileged GUILD_MEMBERS intent): a member left or was removed.
+        case memberRemove(MemberRemove)
         case interaction(Interaction)
         /// Threads and their channels: THREAD_CREATE, THREAD_UPDATE, THREAD_LIST_SYNC, and GUILD_CREATE's threads.
         case threads(guild: Snowflake, [DiscordChannel])
@@ -36,7 +38,7 @@ public struct GatewayFrame: Sendable, Decodable {
     /// The event names forwarded to the event log. Everything else is dropped at the gateway.
     public static let forwardedEvents: Set<String> = [
         "MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE", "MESSAGE_DELETE_BULK", "GUILD_DELETE",
-        "INTERACTION_CREATE", "THREAD_CREATE", "THREAD_UPDATE", "THREAD_LIST_SYNC", "GUILD_CREATE",
+        "GUILD_MEMBER_REMOVE", "INTERACTION_CREATE", "THREAD_CREATE", "THREAD_UPDATE", "THREAD_LIST_SYNC", "GUILD_CREATE",
     ]
 
     public init(opcode: Int, sequence: Int? = nil, eventName: String? = nil, payload: Payload) {
@@ -68,6 +70,7 @@ public struct GatewayFrame: Sendable, Decodable {
             case "MESSAGE_DELETE_BULK":
                 self.payload = .messageDeleteBulk(try container.decode(MessageDeleteBulk.self, forKey: .d))
             case "GUILD_DELETE": self.payload = .guildDelete(try container.decode(GuildDelete.self, forKey: .d))
+            case "GUILD_MEMBER_REMOVE": self.payload = .memberRemove(try container.decode(MemberRemove.self, forKey: .d))
             case "INTERACTION_CREATE": self.payload = .interaction(try container.decode(Interaction.self, forKey: .d))
             // Thread lists are a convenience (learning in threads of enabled channels): a shape this decoder does
             // not expect is ignored rather than failing the frame.
@@ -183,6 +186,13 @@ public struct MessageDeleteBulk: Sendable, Codable {
 public struct GuildDelete: Sendable, Codable {
     public var id: Snowflake
     public var unavailable: Bool?
+}
+
+/// `d` of GUILD_MEMBER_REMOVE.
+public struct MemberRemove: Sendable, Codable {
+    public var guildID: Snowflake
+    public var user: User
+    private enum CodingKeys: String, CodingKey { case guildID = "guild_id", user }
 }
 
 /// `d` of INTERACTION_CREATE, with what responders need. Stored re-encoded in the event log.

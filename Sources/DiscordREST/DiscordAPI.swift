@@ -45,11 +45,12 @@ public struct CreateMessage: Sendable, Encodable, Hashable {
     }
 }
 
-/// The body of a message edit: new content, still pinging nobody.
+/// The body of a message edit: new content, still pinging nobody, perhaps with files.
 struct MessageEdit: Encodable {
     var content: String
     var allowedMentions = CreateMessage.AllowedMentions()
-    enum CodingKeys: String, CodingKey { case content, allowedMentions = "allowed_mentions" }
+    var attachments: [InteractionCallback.Attachment]?
+    enum CodingKeys: String, CodingKey { case content, allowedMentions = "allowed_mentions", attachments }
 }
 
 /// The body of an interaction callback: `{"type":4,"data":{…}}` or `{"type":5}`.
@@ -64,7 +65,19 @@ public struct InteractionCallback: Sendable, Encodable, Hashable {
         /// 64: only the invoking user sees it.
         public var flags: Int?
         public var embeds: [CreateMessage.Embed]?
-        private enum CodingKeys: String, CodingKey { case content, tts, allowedMentions = "allowed_mentions", flags, embeds }
+        /// The files sent with the callback (`files[id]` parts of a multipart body).
+        public var attachments: [Attachment]?
+        private enum CodingKeys: String, CodingKey { case content, tts, allowedMentions = "allowed_mentions", flags, embeds, attachments }
+    }
+
+    /// A file of a message: its part `files[id]` and its name.
+    public struct Attachment: Sendable, Encodable, Hashable {
+        public var id: Int
+        public var filename: String
+        public init(id: Int, filename: String) {
+            self.id = id
+            self.filename = filename
+        }
     }
 
     /// An immediate reply.
@@ -74,6 +87,8 @@ public struct InteractionCallback: Sendable, Encodable, Hashable {
 
     /// "Thinking…": the reply comes later as an edit of `@original`.
     public static let deferred = InteractionCallback(type: 5, data: nil)
+    /// "Thinking…" seen only by the invoking user, as the reply that follows.
+    public static let deferredEphemeral = InteractionCallback(type: 5, data: Data(content: "", flags: 64))
 }
 
 extension DiscordRESTClient {
@@ -98,9 +113,16 @@ extension DiscordRESTClient {
         try await self.send("POST", "/interactions/\(id)/\(token)/callback", json: Self.json(callback))
     }
 
-    /// `PATCH /webhooks/{application}/{token}/messages/@original`: the reply to a deferred interaction.
-    public func editOriginal(application: String, token: String, content: String) async throws(DiscordRESTError) {
-        try await self.send("PATCH", "/webhooks/\(application)/\(token)/messages/@original", json: Self.json(MessageEdit(content: content)))
+    /// `PATCH /webhooks/{application}/{token}/messages/@original`: the reply to a deferred interaction, perhaps with
+    /// files.
+    public func editOriginal(application: String, token: String, content: String, files: [FormData.File] = []) async throws(DiscordRESTError) {
+        let path = "/webhooks/\(application)/\(token)/messages/@original"
+        guard !files.isEmpty else {
+            try await self.send("PATCH", path, json: Self.json(MessageEdit(content: content)))
+            return
+        }
+        let edit = MessageEdit(content: content, attachments: files.enumerated().map { .init(id: $0.offset, filename: $0.element.filename) })
+        try await self.send("PATCH", path, form: FormData(payload: Self.json(edit), files: files))
     }
 
     /// `PATCH /channels/{channel}/messages/{id}`: edits one of the bot's own messages (no pings).

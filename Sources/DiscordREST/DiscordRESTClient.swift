@@ -52,8 +52,18 @@ public struct DiscordRESTClient: Sendable {
     /// its bucket and the global limit, and 429s are honoured and retried.
     @discardableResult
     public func send(_ method: String, _ path: String, json body: [UInt8]? = nil) async throws(DiscordRESTError) -> HTTPResponse {
+        try await self.send(method, path, body: body, contentType: "application/json")
+    }
+
+    /// Sends a message body with files (`payload_json` and `files[n]`), as `multipart/form-data`.
+    @discardableResult
+    public func send(_ method: String, _ path: String, form: FormData) async throws(DiscordRESTError) -> HTTPResponse {
+        try await self.send(method, path, body: form.body, contentType: form.contentType)
+    }
+
+    private func send(_ method: String, _ path: String, body: [UInt8]?, contentType: String) async throws(DiscordRESTError) -> HTTPResponse {
         var headers = [("Authorization", "Bot \(self.token)"), ("User-Agent", Self.userAgent)]
-        if body != nil { headers.append(("Content-Type", "application/json")) }
+        if body != nil { headers.append(("Content-Type", contentType)) }
         let request = HTTPRequest(method: method, url: self.apiURL + path, headers: headers, body: body)
         let route = RESTRoute(method: method, path: path)
         var attempt = 0

@@ -188,7 +188,7 @@ public final class Responder: Service, Sendable {
             return await self.handleMessage(event)
         case .interaction:
             return await self.handleInteraction(event)
-        case .update, .delete, .deleteBulk, .guildRemoved, .threads, .forgetUser, .deleteData, .migrate, .relearn, .restore:
+        case .update, .delete, .deleteBulk, .guildRemoved, .threads, .forgetUser, .memberLeft, .deleteData, .migrate, .relearn, .restore:
             return true
         }
     }
@@ -281,6 +281,18 @@ public final class Responder: Service, Sendable {
             let guild = event.guildID
             let ephemeral: Bool
             if case .command = trigger.request { ephemeral = true } else { ephemeral = false }
+            if case .command(.myData) = trigger.request {
+                // Reading every record of the guild may take longer than Discord waits: always "thinking" first.
+                self.counters.withLock { $0.deferred += 1 }
+                try await self.rest.interactionCallback(id: interaction.id.rawValue, token: interaction.token, .deferredEphemeral)
+                let (text, file) = try await commands.myData(interaction: interaction, guild: guild)
+                try await self.rest.editOriginal(
+                    application: interaction.applicationID.rawValue, token: interaction.token, content: text, files: file.map { [$0] } ?? []
+                )
+                try await self.markAnswered(marker)
+                self.counters.withLock { $0.replies += 1 }
+                return true
+            }
             let generation = Task { () throws -> String in
                 if case .command(let command) = trigger.request {
                     defer { unaskedSettings.forget(guild: guild) } // the command may have changed them
@@ -299,7 +311,9 @@ public final class Responder: Service, Sendable {
                 try await self.rest.interactionCallback(id: interaction.id.rawValue, token: interaction.token, reply)
             } else {
                 self.counters.withLock { $0.deferred += 1 }
-                try await self.rest.interactionCallback(id: interaction.id.rawValue, token: interaction.token, .deferred)
+                try await self.rest.interactionCallback(
+                    id: interaction.id.rawValue, token: interaction.token, ephemeral ? .deferredEphemeral : .deferred
+                )
                 let text = try await generation.value
                 try await self.rest.editOriginal(application: interaction.applicationID.rawValue, token: interaction.token, content: text)
             }

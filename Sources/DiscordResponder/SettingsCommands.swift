@@ -1,4 +1,5 @@
 import DiscordProtocol
+import DiscordREST
 import MarkovChains
 import MarkovCore
 import Redis
@@ -145,6 +146,14 @@ struct SettingsCommands: Sendable {
             } catch is ChainCommands.Timeout {
                 return "I won't learn from you again, and I'm forgetting your messages: it takes a while here, and it will finish on its own."
             }
+        case .purgeOnLeave(let enabled):
+            if let enabled { try await self.store.setPurgeOnLeave(enabled, guild: guild) }
+            let on = try await self.store.purgesOnLeave(guild: guild)
+            let state = on ? "I forget a member's messages when they leave." : "I keep a member's messages when they leave."
+            return on ? state + " (This needs the Server Members intent, which the bot's operator must enable; without it I am not told of leaves.)" : state
+        case .myData:
+            // Answered with a file by ``myData(interaction:guild:)``.
+            return "Use `/my-data` to get your data as a file."
         case .rememberMe:
             guard let user = interaction.member?.user?.id ?? interaction.user?.id else { return "I cannot tell who you are." }
             try await self.store.rememberUser(user, guild: guild)
@@ -170,6 +179,29 @@ struct SettingsCommands: Sendable {
             }
         }
     }
+}
+
+extension SettingsCommands {
+    /// `/my-data`: a summary and the member's data as a JSON file.
+    func myData(interaction: Interaction, guild: Snowflake) async throws -> (text: String, file: FormData.File?) {
+        guard let user = interaction.member?.user?.id ?? interaction.user?.id else { return ("I cannot tell who you are.", nil) }
+        let data = try await MemberData.read(redis: self.store.redis, guild: guild, user: user)
+        var bytes = data.json
+        var note = ""
+        if bytes.count > Self.attachmentLimit {
+            // Discord takes files up to 10 MiB from bots: the newest messages are left out, and the text says so.
+            var kept = data
+            while kept.json.count > Self.attachmentLimit, !kept.messages.isEmpty { kept.messages.removeLast(max(1, kept.messages.count / 10)) }
+            bytes = kept.json
+            note = " The file holds your \(kept.messages.count) oldest; `markov user-data` (for the bot's operator) gives them all."
+        }
+        let status = data.optedOut ? "You are opted out: I learn nothing new from you." : "I learn from your messages (`/forget-me` stops that and forgets them)."
+        let text = "Here is everything I store about you in this server: \(data.messages.count) learnt messages.\(note) \(status)"
+        return (text, FormData.File(filename: "markov-data-\(guild.rawValue)-\(user.rawValue).json", contentType: "application/json", bytes: bytes))
+    }
+
+    /// The largest file sent (Discord's limit for bots is 10 MiB; a margin for the form around it).
+    static let attachmentLimit = 9 << 20
 }
 
 extension BlockEntry.InvalidEntry {

@@ -49,15 +49,19 @@ public struct Trigger: Sendable, Hashable {
         public enum FiltersAction: String, Sendable, Hashable { case strip, keep, list, relearn }
         /// `/blocklist add|remove word`, `/blocklist list`: tokens the bot never says.
         case blocklist(Action, word: String?)
+        /// `/my-data`: a file of everything stored about the invoking member.
+        case myData
+        /// `/purge-on-leave [enabled]`: whether a member's messages are forgotten when they leave (no option: show it).
+        case purgeOnLeave(Bool?)
 
         /// Whether only admins (Administrator, Manage Guild or Manage Channels, or an owner) may use it.
         public var needsAdmin: Bool {
             switch self {
-            case .forgetMe, .rememberMe: false
+            case .forgetMe, .rememberMe, .myData: false
             case .listen(let action, _), .autorespond(let action, _), .replyChannels(let action, _), .askRoles(let action, _):
                 action != .list
             case .filters(let action, _): action != .list
-            case .chance, .deleteData, .train, .images: true
+            case .chance, .deleteData, .train, .images, .purgeOnLeave: true
             case .blocklist: true  // even its list: it names words the guild finds offensive
             }
         }
@@ -156,6 +160,12 @@ public struct Trigger: Sendable, Hashable {
             return Trigger(kind: .slash, request: .command(.blocklist(action, word: string("word"))))
         case "forget-me":
             return Trigger(kind: .slash, request: .command(.forgetMe))
+        case "my-data":
+            return Trigger(kind: .slash, request: .command(.myData))
+        case "purge-on-leave":
+            var enabled: Bool?
+            if case .bool(let value)? = options.first(where: { $0.name == "enabled" })?.value { enabled = value }
+            return Trigger(kind: .slash, request: .command(.purgeOnLeave(enabled)))
         case "remember-me":
             return Trigger(kind: .slash, request: .command(.rememberMe))
         case "delete-data":

@@ -345,9 +345,9 @@ public final class FakeDiscord: Sendable {
     }
 
     /// Discovery here (it needs the port and the identify count), everything else in ``rest``.
-    func handleREST(method: String, path: String, query: String, authorization: String?, body: [UInt8]) -> FakeREST.Answer {
+    func handleREST(method: String, path: String, query: String, authorization: String?, contentType: String?, body: [UInt8]) -> FakeREST.Answer {
         guard method == "GET", path == "/api/v10/gateway/bot" else {
-            return self.rest.handle(method: method, path: path, query: query, authorization: authorization, body: body)
+            return self.rest.handle(method: method, path: path, query: query, authorization: authorization, contentType: contentType, body: body)
         }
         guard authorization == "Bot \(self.configuration.token)" else {
             return FakeREST.Answer(status: 401, body: #"{"message":"401: Unauthorized","code":0}"#)

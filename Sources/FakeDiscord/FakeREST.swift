@@ -69,10 +69,77 @@ public final class FakeREST: Sendable {
         public var body: [UInt8]
         public var status: Int
         public var at: ContinuousClock.Instant
-        /// The body parsed as a JSON object, when it is one.
+        /// The `Content-Type` header.
+        public var contentType: String?
+        /// The body parsed as a JSON object, when it is one (for a multipart body: its `payload_json`).
         public var json: [String: Any]? {
-            (try? JSONSerialization.jsonObject(with: Data(self.body))) as? [String: Any]
+            let json = self.files.first { $0.name == "payload_json" }?.bytes ?? self.body
+            return (try? JSONSerialization.jsonObject(with: Data(json))) as? [String: Any]
         }
+        /// The parts of a `multipart/form-data` body (`payload_json`, `files[n]`); empty for other bodies.
+        public var files: [FormPart] { self.contentType.flatMap { FormPart.parse(self.body, contentType: $0) } ?? [] }
+    }
+
+    /// One part of a `multipart/form-data` body.
+    public struct FormPart: Sendable {
+        public var name: String
+        public var filename: String?
+        public var bytes: [UInt8]
+
+        /// The parts, or `nil` when the body is not well-formed multipart for that content type.
+        static func parse(_ body: [UInt8], contentType: String) -> [FormPart]? {
+            guard contentType.lowercased().hasPrefix("multipart/form-data"),
+                  let boundary = contentType.split(separator: ";").lazy.map({ $0.trimmingCharacters(in: .whitespaces) })
+                      .first(where: { $0.hasPrefix("boundary=") })?.dropFirst(9).trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+            else { return nil }
+            let delimiter = Array("--\(boundary)".utf8)
+            var parts: [FormPart] = []
+            var sections: [ArraySlice<UInt8>] = []
+            var start = 0
+            var index = 0
+            while index + delimiter.count <= body.count {
+                if body[index] == delimiter[0], Array(body[index..<(index + delimiter.count)]) == delimiter {
+                    sections.append(body[start..<index])
+                    index += delimiter.count
+                    start = index
+                } else {
+                    index += 1
+                }
+            }
+            guard sections.count >= 2, body[start...].starts(with: Array("--".utf8)) else { return nil }
+            for section in sections.dropFirst() {
+                // CRLF, headers, a blank line, the content, CRLF.
+                let text = Array(section)
+                guard let blank = (0..<max(0, text.count - 3)).first(where: { text[$0] == 13 && text[$0 + 1] == 10 && text[$0 + 2] == 13 && text[$0 + 3] == 10 }) else { return nil }
+                let headers = String(decoding: text[..<blank], as: UTF8.self)
+                var content = Array(text[(blank + 4)...])
+                if content.suffix(2) == [13, 10] { content.removeLast(2) }
+                guard let disposition = headers.split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("content-disposition: form-data") }) else { return nil }
+                func attribute(_ name: String) -> String? {
+                    guard let range = disposition.range(of: "\(name)=\"") else { return nil }
+                    return disposition[range.upperBound...].split(separator: "\"", maxSplits: 1).first.map(String.init)
+                }
+                guard let name = attribute("name") else { return nil }
+                parts.append(FormPart(name: name, filename: attribute("filename"), bytes: content))
+            }
+            return parts
+        }
+    }
+
+    /// Checks a message body with attachments as Discord does: `payload_json` is a JSON object, and every
+    /// attachment it lists (`attachments[].id`) has its `files[id]` part; `nil` when it holds.
+    static func attachmentError(_ body: [UInt8], contentType: String?) -> Answer? {
+        guard let contentType, contentType.lowercased().hasPrefix("multipart/") else { return nil }
+        let invalid = Answer(status: 400, body: #"{"message":"Invalid Form Body","code":50035}"#)
+        guard let parts = FormPart.parse(body, contentType: contentType),
+              let json = parts.first(where: { $0.name == "payload_json" }),
+              let object = (try? JSONSerialization.jsonObject(with: Data(json.bytes))) as? [String: Any]
+        else { return invalid }
+        for attachment in object["attachments"] as? [[String: Any]] ?? [] {
+            let id = (attachment["id"] as? Int).map(String.init) ?? attachment["id"] as? String ?? ""
+            guard parts.contains(where: { $0.name == "files[\(id)]" && $0.filename != nil }) else { return invalid }
+        }
+        return nil
     }
 
     struct Answer {
@@ -154,10 +221,11 @@ public final class FakeREST: Sendable {
 
     // MARK: - Routes
 
-    func handle(method: String, path: String, query: String, authorization: String?, body: [UInt8]) -> Answer {
-        let answer = self.route(method: method, path: path, query: Self.parameters(query), authorization: authorization, body: body)
+    func handle(method: String, path: String, query: String, authorization: String?, contentType: String?, body: [UInt8]) -> Answer {
+        let answer = Self.attachmentError(body, contentType: contentType)
+            ?? self.route(method: method, path: path, query: Self.parameters(query), authorization: authorization, body: body)
         self.state.withLockedValue {
-            $0.requests.append(Request(method: method, path: path, query: query, body: body, status: answer.status, at: .now))
+            $0.requests.append(Request(method: method, path: path, query: query, body: body, status: answer.status, at: .now, contentType: contentType))
         }
         return answer
     }

@@ -28,7 +28,7 @@ final class RESTHandler: ChannelInboundHandler, RemovableChannelHandler, Sendabl
             let path = parts.first ?? head.uri
             let answer = self.fake.handleREST(
                 method: head.method.rawValue, path: path, query: parts.count > 1 ? parts[1] : "", authorization: head.headers.first(name: "Authorization"),
-                body: Array(body.readableBytesView)
+                contentType: head.headers.first(name: "Content-Type"), body: Array(body.readableBytesView)
             )
             self.fake.recordHTTP("\(head.method.rawValue) \(path)")
             var headers = HTTPHeaders()

@@ -23,6 +23,8 @@ public struct ChainKeys: Sendable, Hashable {
     public var optOut: String { "\(self.prefix):optout" }
     /// What the guild strips before learning (string, ``ContentFilters`` names; absent: the defaults).
     public var filters: String { "\(self.prefix):filters" }
+    /// `on` when a member's messages are forgotten as they leave the guild (GUILD_MEMBER_REMOVE).
+    public var purgeOnLeave: String { "\(self.prefix):purge-on-leave" }
     /// Set of ``BlockEntry`` texts: tokens the bot never says (read by `markov_generate`).
     public var blocklist: String { "\(self.prefix):block" }
     /// Thread id → its channel (hash): a message in a thread is learnt when its channel is.
@@ -112,6 +114,7 @@ public struct ChainKeys: Sendable, Hashable {
         Family(suffix: ":threads", owner: .chain, summary: "thread → channel"),
         Family(suffix: ":listen", owner: .chain, summary: "channels learnt from"),
         Family(suffix: ":filters", owner: .chain, summary: "training filters (what is stripped before learning)"),
+        Family(suffix: ":purge-on-leave", owner: .chain, summary: "on: a member's messages are forgotten when they leave"),
         Family(suffix: ":optout", owner: .optOuts, summary: "users who opted out"),
         Family(suffix: ":block", owner: .responder, summary: "blocklist: tokens never said"),
         Family(suffix: ":chance", owner: .responder, summary: "unasked reply chances"),

@@ -193,6 +193,17 @@ public struct ChainStore: Sendable {
         try await self.redis.send(RedisCommand("SET", .string(ChainKeys(guild: guild).filters), .string(filters.description)))
     }
 
+    /// Whether a member's messages are forgotten when they leave the guild.
+    public func purgesOnLeave(guild: Snowflake) async throws(RedisError) -> Bool {
+        try await self.redis.send(RedisCommand("GET", .string(ChainKeys(guild: guild).purgeOnLeave))).string == "on"
+    }
+
+    /// Forget (`true`) or keep the messages of members who leave. Applies to leaves from now on.
+    public func setPurgeOnLeave(_ purges: Bool, guild: Snowflake) async throws(RedisError) {
+        let key = RedisArgument.string(ChainKeys(guild: guild).purgeOnLeave)
+        try await self.redis.send(purges ? RedisCommand("SET", key, "on") : RedisCommand("DEL", key))
+    }
+
     /// The guild's blocklist, sorted.
     public func blocklist(guild: Snowflake) async throws(RedisError) -> [String] {
         let reply = try await self.redis.send(RedisCommand("SMEMBERS", .string(ChainKeys(guild: guild).blocklist)))

@@ -18,7 +18,7 @@ extension PartitionOwner {
         /// Commands run as procedures of their own, in order with the messages around them.
         var isCommand: Bool {
             switch self.event.kind {
-            case .guildRemoved, .deleteData, .forgetUser, .migrate, .relearn, .restore: true
+            case .guildRemoved, .deleteData, .forgetUser, .memberLeft, .migrate, .relearn, .restore: true
             default: false
             }
         }
@@ -439,7 +439,7 @@ extension PartitionOwner {
                     threads[thread] = channel
                     effects.append(.thread(id: thread, channel: channel))
                 }
-            case .interaction, .guildRemoved, .deleteData, .forgetUser, .migrate, .relearn, .restore:
+            case .interaction, .guildRemoved, .deleteData, .forgetUser, .memberLeft, .migrate, .relearn, .restore:
                 break
             }
             plan.items.append((item.id, effects))

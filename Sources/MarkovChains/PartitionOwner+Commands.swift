@@ -23,6 +23,16 @@ extension PartitionOwner {
         case .forgetUser:
             guard let user = item.event.authorID else { return }
             outcome = "forgotten=\(try await self.forget(user, in: chain, lane: lane, statistics: &statistics))"
+        case .memberLeft:
+            guard let user = item.event.authorID else { return }
+            let purges = try await self.redis.send(RedisCommand("GET", .string(chain.keys.purgeOnLeave))).string == "on"
+            if purges {
+                let forgotten = try await self.forget(user, in: chain, optingOut: false, lane: lane, statistics: &statistics)
+                self.logger.info("member left: their messages are forgotten", metadata: ["guild": "\(chain.guild)", "user": "\(user)", "messages": "\(forgotten)"])
+                outcome = "forgotten=\(forgotten)"
+            } else {
+                outcome = "kept"
+            }
         case .migrate:
             outcome = "layout=\(ChainLayout.version)"
         case .relearn:
@@ -111,13 +121,16 @@ extension PartitionOwner {
 
     // MARK: Forgetting a user
 
-    /// Opts the user out, then forgets every message of theirs, a page of records at a time. Returns how many.
+    /// Opts the user out (unless `optingOut` is false: a member who left), then forgets every message of theirs, a
+    /// page of records at a time. Returns how many.
     private mutating func forget(
-        _ user: Snowflake, in chain: GuildChain, lane: EventLog.Lane, statistics: inout Trainer.Statistics
+        _ user: Snowflake, in chain: GuildChain, optingOut: Bool = true, lane: EventLog.Lane, statistics: inout Trainer.Statistics
     ) async throws(RedisError) -> Int {
-        var write = ChainWrite(keys: chain.keys)
-        write.sadd(":optout", [Array(user.rawValue.utf8)])
-        try await self.send([WriteCall(guild: chain.guild, last: nil, write: write)], lane: lane)
+        if optingOut {
+            var write = ChainWrite(keys: chain.keys)
+            write.sadd(":optout", [Array(user.rawValue.utf8)])
+            try await self.send([WriteCall(guild: chain.guild, last: nil, write: write)], lane: lane)
+        }
         var forgotten = 0
         var cursor = "0"
         let needle = Array((user.rawValue + "\t").utf8)

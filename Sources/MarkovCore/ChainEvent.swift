@@ -32,6 +32,9 @@ public struct ChainEvent: Sendable, Hashable {
         case migrate
         /// Learn the guild's recorded messages again under its training filters now (`markov relearn`).
         case relearn
+        /// A member left the guild (GUILD_MEMBER_REMOVE, ``ChainEvent/authorID``): their messages are forgotten when
+        /// the guild purges leavers (`{g:G}:purge-on-leave`), without opting them out.
+        case memberLeft = "member_left"
         /// One part of a guild export being restored (`markov restore`), in ``ChainEvent/payload``.
         case restore
     }
@@ -218,8 +221,8 @@ public struct ChainEvent: Sendable, Hashable {
             break
         case .restore:
             guard self.payload?.isEmpty == false else { throw DecodingError(description: "restore without a payload") }
-        case .forgetUser:
-            guard self.authorID != nil else { throw DecodingError(description: "forget_user without an author") }
+        case .forgetUser, .memberLeft:
+            guard self.authorID != nil else { throw DecodingError(description: "\(kind.rawValue) without an author") }
         case .threads:
             guard !self.messageIDs.isEmpty, self.messageIDs.count == self.threadParents.count,
                   (self.messageIDs + self.threadParents).allSatisfy({ Snowflake($0) != nil })

@@ -12,7 +12,7 @@ struct Markov: AsyncParsableCommand {
             """,
         subcommands: [
             Up.self, Gateway.self, Trainer.self, Responder.self, Train.self, Generate.self, Inspect.self,
-            Settings.self, ForgetUser.self, RegisterCommands.self, DeleteGuild.self, Migrate.self, Relearn.self, Export.self, Restore.self,
+            Settings.self, ForgetUser.self, RegisterCommands.self, DeleteGuild.self, Migrate.self, Relearn.self, Export.self, Restore.self, UserData.self,
             Flags.self, Probe.self,
         ]
     )

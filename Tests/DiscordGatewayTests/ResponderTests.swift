@@ -283,6 +283,55 @@ extension GatewayIntegrationTests {
             await fake.stop()
         }
 
+        @Test("/my-data sends the member, privately, a file of their messages and nobody else's; with /purge-on-leave a member who leaves is forgotten, not opted out")
+        func memberData() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let (group, task, responder) = try await self.start(harness, fake)
+            let store = ChainStore(redis: harness.redis, stateSize: 2)
+            let guild = Snowflake(String(Self.guild))!
+            _ = try self.message(fake, 300, "penguins slide downhill", author: 9)
+            _ = try self.message(fake, 301, "penguins like \"quotes\" too", author: 9)
+            _ = try self.message(fake, 302, "walruses nap on rocks", author: 11)
+            try await GatewayHarness.eventually("the messages to be learnt") { try await store.totals(guild: guild)["messages", default: 0] == 3 }
+
+            let id = try fake.dispatchInteraction(shard: 0, id: Self.base + 310, guild: Self.guild, channel: Self.channel, user: 9, name: "my-data")
+            try await GatewayHarness.eventually("the file") { fake.rest.requests.contains { $0.method == "PATCH" && $0.status == 200 } }
+            let requests = fake.rest.requests
+            let callback = try #require(requests.first { $0.path.hasPrefix("/api/v10/interactions/\(id)/") })
+            #expect(callback.json?["type"] as? Int == 5)
+            #expect((callback.json?["data"] as? [String: Any])?["flags"] as? Int == 64, "only the member sees it")
+            let edit = try #require(requests.first { $0.method == "PATCH" })
+            #expect(edit.contentType?.hasPrefix("multipart/form-data") == true)
+            #expect((edit.json?["content"] as? String)?.contains("2 learnt messages") == true, "\(edit.json ?? [:])")
+            let file = try #require(edit.files.first { $0.name == "files[0]" })
+            #expect(file.filename == "markov-data-\(Self.guild)-9.json")
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(file.bytes)) as? [String: Any])
+            let texts = (object["messages"] as? [[String: Any]])?.compactMap { $0["text"] as? String } ?? []
+            #expect(texts == ["penguins slide downhill", "penguins like \"quotes\" too"])
+            #expect(object["opted_out"] as? Bool == false)
+            #expect(responder.statistics.replies == 1)
+
+            // Leavers are kept by default; an admin turns purging on, and the next leave forgets.
+            _ = try fake.dispatch(shard: 0, event: "GUILD_MEMBER_REMOVE", json: #"{"guild_id":"\#(Self.guild)","user":{"id":"11"}}"#)
+            // A message after the leave, in the same partition: learnt once the leave was applied.
+            _ = try self.message(fake, 303, "walruses are back", author: 11)
+            try await GatewayHarness.eventually("the leave and the message after it") { try await store.totals(guild: guild)["messages", default: 0] == 4 }
+            let refused = try await self.command(fake, id: 320, name: "purge-on-leave", options: #"[{"name":"enabled","type":5,"value":true}]"#, permissions: "0")
+            #expect(refused?.contains("Only members with") == true)
+            let enabled = try await self.command(fake, id: 321, name: "purge-on-leave", options: #"[{"name":"enabled","type":5,"value":true}]"#, permissions: "32")
+            #expect(enabled?.contains("I forget a member's messages when they leave") == true, "\(enabled ?? "")")
+            #expect(try await store.totals(guild: guild)["messages", default: 0] == 4, "the leave before the setting kept their messages")
+            _ = try fake.dispatch(shard: 0, event: "GUILD_MEMBER_REMOVE", json: #"{"guild_id":"\#(Self.guild)","user":{"id":"9"}}"#)
+            try await GatewayHarness.eventually("the leaver's messages to go") { try await store.totals(guild: guild)["messages", default: 0] == 2 }
+            #expect(try await store.optedOutUsers(guild: guild).isEmpty, "a leaver is not opted out: back, they are learnt again")
+            _ = try self.message(fake, 330, "penguins return", author: 9)
+            try await GatewayHarness.eventually("the returning member's message to be learnt") { try await store.totals(guild: guild)["messages", default: 0] == 3 }
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
         @Test("the bot answers only in the channels singled out, and only members with a role allowed to ask (admins always)")
         func restrictions() async throws {
             let harness = try await GatewayHarness()

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import MarkovChains
 import MarkovCore
 import Redis
@@ -77,5 +78,35 @@ struct Relearn: AsyncParsableCommand {
         }
         meter.finish(result.messages, total: result.messages)
         print("read \(result.messages) message records of guild \(guild); \(result.relearnt) learnt again under its filters")
+    }
+}
+
+/// `markov user-data --guild G --user U`.
+struct UserData: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write everything a guild stores about a user, as JSON (what /my-data sends them).",
+        discussion: "The messages learnt from them as their records hold them, and whether they opted out. Reads every message record of the guild."
+    )
+
+    @OptionGroup var options: GlobalOptions
+    @Option(help: "The guild (Discord id).") var guild: String
+    @Option(help: "The user (Discord id).") var user: String
+    @Option(name: .shortAndLong, help: "Write to this file instead of standard output.") var output: String?
+
+    func run() async throws {
+        LoggingSetup.once
+        let guild = try snowflake(self.guild, "--guild")
+        let user = try snowflake(self.user, "--user")
+        let context = try await RoleContext(options: self.options, label: "markov.user-data")
+        defer { context.redis.shutdown() }
+        let meter = ProgressMeter(label: "read", total: 0, unit: "records")
+        let data = try await MemberData.read(redis: context.redis, guild: guild, user: user) { done, total in meter.update(done, total: total) }
+        meter.finish(data.scanned, total: data.scanned)
+        if let output {
+            guard FileManager.default.createFile(atPath: output, contents: Data(data.json)) else { throw ValidationError("cannot write \(output)") }
+            print("wrote \(data.messages.count) messages of user \(user) in guild \(guild) to \(output)")
+        } else {
+            FileHandle.standardOutput.write(Data(data.json))
+        }
     }
 }

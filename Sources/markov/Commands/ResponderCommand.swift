@@ -150,6 +150,9 @@ struct RegisterCommands: AsyncParsableCommand {
                      {"name":"list","type":1,"description":"The words markov never says"}]},
          {"name":"forget-me","type":1,"description":"Forget my messages and never learn from me again"},
          {"name":"remember-me","type":1,"description":"Learn from my new messages again"},
+         {"name":"my-data","type":1,"description":"Get a file of everything markov stores about me here"},
+         {"name":"purge-on-leave","type":1,"description":"Forget a member's messages when they leave","default_member_permissions":"32",
+          "options":[{"name":"enabled","type":5,"description":"On or off (leave out to see the setting)","required":false}]},
          {"name":"delete-data","type":1,"description":"Delete this server's whole model","default_member_permissions":"32"},
          {"name":"train","type":1,"description":"Learn from the history of the channels markov listens to","default_member_permissions":"16"}]
         """#

@@ -31,8 +31,11 @@ struct Settings: AsyncParsableCommand {
     @Option(help: "Never say this word (repeatable; case-insensitive, whole tokens; `*x`, `x*`, `*x*`: ending in, starting with, containing x).")
     var block: [String] = []
     @Option(help: "Remove a word from the blocklist (repeatable).") var unblock: [String] = []
+    @Option(help: "on: forget a member's messages when they leave the guild (needs the gateway's privileged GUILD_MEMBERS intent); off: keep them.")
+    var purgeOnLeave: String?
 
     func validate() throws {
+        if let purgeOnLeave, !["on", "off"].contains(purgeOnLeave) { throw ValidationError("--purge-on-leave is on or off") }
         for word in self.block + self.unblock {
             do {
                 _ = try BlockEntry(word)
@@ -80,6 +83,7 @@ struct Settings: AsyncParsableCommand {
         } catch let error as BlockEntry.InvalidEntry {
             throw ValidationError(error.description)
         }
+        if let purgeOnLeave { try await context.store.setPurgeOnLeave(purgeOnLeave == "on", guild: guild) }
         print("guild \(guild)")
         print("  learning in channels: \(try await context.store.listenChannels(guild: guild).joined(separator: ", "))")
         let filtersOn = await context.flags.isOn(.trainingFilters, guild: guild)
@@ -87,6 +91,7 @@ struct Settings: AsyncParsableCommand {
               + (filtersOn ? "" : " (not applied: the training-filters flag is off for this guild)"))
         let blocked = try await context.store.blocklist(guild: guild)
         print("  never said: \(blocked.isEmpty ? "(no blocklist)" : blocked.joined(separator: ", "))")
+        print("  members who leave: \(try await context.store.purgesOnLeave(guild: guild) ? "their messages are forgotten" : "their messages are kept")")
         print("  opted-out users: \(try await context.store.optedOutUsers(guild: guild).joined(separator: ", "))")
         print("  auto-respond channels: \(try await responses.autorespondChannels(guild: guild).joined(separator: ", "))")
         let replyChannels = try await responses.replyChannels(guild: guild)
