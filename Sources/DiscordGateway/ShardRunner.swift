@@ -347,8 +347,16 @@ final class ShardRunner: Sendable {
                 self.counters.withLock { $0.dispatches += 1 }
                 GatewayMetrics.dispatches.increment()
                 let checkpoint = self.machine.withLock { $0.checkpoint }
-                await self.pump.submit(shard: self.shard.id, event: self.withThreadParent(frame.chainEvent(shard: self.shard.id)),
-                                       checkpoint: checkpoint, fence: self.fence)
+                let events = frame.chainEvents(shard: self.shard.id)
+                if events.isEmpty {
+                    await self.pump.submit(shard: self.shard.id, event: nil, checkpoint: checkpoint, fence: self.fence)
+                }
+                // The session is checkpointed with the last event of the frame: a resume replays all or none of them.
+                for (index, event) in events.enumerated() {
+                    await self.pump.submit(
+                        shard: self.shard.id, event: self.withThreadParent(event), checkpoint: index == events.count - 1 ? checkpoint : nil, fence: self.fence
+                    )
+                }
             case .close(let code, let reason):
                 if reason.hasPrefix("zombie") {
                     self.counters.withLock { $0.zombies += 1 }

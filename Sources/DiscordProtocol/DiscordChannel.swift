@@ -10,6 +10,8 @@ public struct DiscordChannel: Sendable, Codable, Hashable {
     public var parentID: Snowflake?
     public var guildID: Snowflake?
     public var threadMetadata: ThreadMetadata?
+    /// Age-restricted (NSFW); threads have no flag of their own and take their channel's.
+    public var nsfw: Bool?
 
     public struct ThreadMetadata: Sendable, Codable, Hashable {
         public var archived: Bool?
@@ -23,10 +25,13 @@ public struct DiscordChannel: Sendable, Codable, Hashable {
     }
 
     private enum CodingKeys: String, CodingKey {
-        case id, type, parentID = "parent_id", guildID = "guild_id", threadMetadata = "thread_metadata"
+        case id, type, parentID = "parent_id", guildID = "guild_id", threadMetadata = "thread_metadata", nsfw
     }
 
-    public init(id: Snowflake, type: Int, parentID: Snowflake? = nil, guildID: Snowflake? = nil, threadMetadata: ThreadMetadata? = nil) {
+    public init(
+        id: Snowflake, type: Int, parentID: Snowflake? = nil, guildID: Snowflake? = nil, threadMetadata: ThreadMetadata? = nil, nsfw: Bool? = nil
+    ) {
+        self.nsfw = nsfw
         self.id = id
         self.type = type
         self.parentID = parentID

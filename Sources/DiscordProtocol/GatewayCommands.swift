@@ -77,8 +77,36 @@ public struct ShardID: Sendable, Hashable, CustomStringConvertible {
 }
 
 extension GatewayFrame {
-    /// The event-log record for a dispatch the project uses, or `nil` (DMs, outages, events nobody needs).
-    /// `shard` is recorded in the event's origin with the sequence number.
+    /// The event-log records for a dispatch, in order: none for DMs, outages and events nobody needs; two for a
+    /// GUILD_CREATE (its channels, then its threads).
+    public func chainEvents(shard: Int) -> [ChainEvent] {
+        let origin = self.sequence.map { "\(shard):\($0)" }
+        switch self.payload {
+        case .guildCreate(let guild, let channels, let threads):
+            return [
+                Self.channelsEvent(guild: guild, channels, origin: origin),
+                GatewayFrame(opcode: self.opcode, sequence: self.sequence, eventName: "THREAD_LIST_SYNC", payload: .threads(guild: guild, threads))
+                    .chainEvent(shard: shard),
+            ].compactMap { $0 }
+        case .channels(let guild, let channels):
+            return [Self.channelsEvent(guild: guild, channels, origin: origin)].compactMap { $0 }
+        default:
+            return [self.chainEvent(shard: shard)].compactMap { $0 }
+        }
+    }
+
+    /// A ``ChainEvent/Kind/channels`` event of the guild's channels that can hold messages (not threads, whose flag is
+    /// their channel's, nor categories).
+    private static func channelsEvent(guild: Snowflake, _ channels: [DiscordChannel], origin: String?) -> ChainEvent? {
+        let channels = channels.filter { ![4, 10, 11, 12].contains($0.type) }
+        guard !channels.isEmpty else { return nil }
+        var event = ChainEvent(kind: .channels, source: .gateway, guildID: guild, messageIDs: channels.map(\.id.rawValue), origin: origin)
+        event.ageRestricted = channels.map { $0.nsfw == true }
+        return event
+    }
+
+    /// The event-log record for a dispatch that makes at most one (``chainEvents(shard:)`` for any dispatch), or `nil`
+    /// (DMs, outages, events nobody needs). `shard` is recorded in the event's origin with the sequence number.
     public func chainEvent(shard: Int) -> ChainEvent? {
         let origin = self.sequence.map { "\(shard):\($0)" }
         switch self.payload {
@@ -118,6 +146,8 @@ extension GatewayFrame {
                 messageID: interaction.id.rawValue, authorID: interaction.member?.user?.id ?? interaction.user?.id,
                 timestamp: interaction.id.timestamp, payload: Array(json), origin: origin
             )
+        case .guildCreate, .channels:
+            return self.chainEvents(shard: shard).first
         case .none, .hello, .invalidSession, .ready, .resumed, .ignored:
             return nil
         }

@@ -31,6 +31,10 @@ public struct GatewayFrame: Sendable, Decodable {
         case interaction(Interaction)
         /// Threads and their channels: THREAD_CREATE, THREAD_UPDATE, THREAD_LIST_SYNC, and GUILD_CREATE's threads.
         case threads(guild: Snowflake, [DiscordChannel])
+        /// Channels with their age restriction: CHANNEL_CREATE, CHANNEL_UPDATE.
+        case channels(guild: Snowflake, [DiscordChannel])
+        /// GUILD_CREATE: the guild's channels and its active threads.
+        case guildCreate(guild: Snowflake, channels: [DiscordChannel], threads: [DiscordChannel])
         /// A dispatch the project does not use.
         case ignored
     }
@@ -39,6 +43,7 @@ public struct GatewayFrame: Sendable, Decodable {
     public static let forwardedEvents: Set<String> = [
         "MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE", "MESSAGE_DELETE_BULK", "GUILD_DELETE",
         "GUILD_MEMBER_REMOVE", "INTERACTION_CREATE", "THREAD_CREATE", "THREAD_UPDATE", "THREAD_LIST_SYNC", "GUILD_CREATE",
+        "CHANNEL_CREATE", "CHANNEL_UPDATE",
     ]
 
     public init(opcode: Int, sequence: Int? = nil, eventName: String? = nil, payload: Payload) {
@@ -77,9 +82,17 @@ public struct GatewayFrame: Sendable, Decodable {
             case "THREAD_CREATE", "THREAD_UPDATE":
                 let thread = try? container.decode(DiscordChannel.self, forKey: .d)
                 self.payload = thread.flatMap { thread in thread.guildID.map { .threads(guild: $0, [thread]) } } ?? .ignored
-            case "THREAD_LIST_SYNC", "GUILD_CREATE":
+            case "THREAD_LIST_SYNC":
                 let list = try? container.decode(GuildThreads.self, forKey: .d)
                 self.payload = list.flatMap { list in (list.guildID ?? list.id).map { .threads(guild: $0, list.threads ?? []) } } ?? .ignored
+            case "GUILD_CREATE":
+                let guild = try? container.decode(GuildThreads.self, forKey: .d)
+                self.payload = guild.flatMap { guild in
+                    (guild.guildID ?? guild.id).map { .guildCreate(guild: $0, channels: guild.channels ?? [], threads: guild.threads ?? []) }
+                } ?? .ignored
+            case "CHANNEL_CREATE", "CHANNEL_UPDATE":
+                let channel = try? container.decode(DiscordChannel.self, forKey: .d)
+                self.payload = channel.flatMap { channel in channel.guildID.map { .channels(guild: $0, [channel]) } } ?? .ignored
             default: self.payload = .ignored
             }
         default:
@@ -163,7 +176,8 @@ struct GuildThreads: Decodable {
     var id: Snowflake?
     var guildID: Snowflake?
     var threads: [DiscordChannel]?
-    private enum CodingKeys: String, CodingKey { case id, guildID = "guild_id", threads }
+    var channels: [DiscordChannel]?
+    private enum CodingKeys: String, CodingKey { case id, guildID = "guild_id", threads, channels }
 }
 
 /// `d` of MESSAGE_DELETE.

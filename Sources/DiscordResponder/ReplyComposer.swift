@@ -30,14 +30,16 @@ public struct ReplyComposer: Sendable {
         public var tries = 0
     }
 
-    /// The reply text.
-    public func reply(to request: Trigger.Request, guild: Snowflake) async throws(RedisError) -> String {
-        try await self.answer(to: request, guild: guild).text
+    /// The reply text; `ageRestricted` for a reply in an age-restricted channel, which may say what was learnt in one.
+    public func reply(to request: Trigger.Request, guild: Snowflake, ageRestricted: Bool = false) async throws(RedisError) -> String {
+        try await self.answer(to: request, guild: guild, ageRestricted: ageRestricted).text
     }
 
     /// The reply, and with `steps` the generation's steps whether or not the request asked for its debug block
     /// (the web console shows them on demand). The text is the same either way.
-    public func answer(to request: Trigger.Request, guild: Snowflake, steps: Bool = false) async throws(RedisError) -> Answer {
+    public func answer(
+        to request: Trigger.Request, guild: Snowflake, steps: Bool = false, ageRestricted: Bool = false
+    ) async throws(RedisError) -> Answer {
         switch request {
         case .help:
             return Answer(text: Self.limit(self.help))
@@ -49,6 +51,7 @@ public struct ReplyComposer: Sendable {
             var options = ChainStore.GenerationOptions()
             options.seedWords = seed
             options.debug = debug || steps
+            options.ageRestricted = ageRestricted
             var result = try await self.store.generate(guild: guild, options: options)
             if result.sentence == nil {
                 // A young chain can only repeat what it heard; better that than silence.

@@ -188,8 +188,20 @@ public final class Responder: Service, Sendable {
             return await self.handleMessage(event)
         case .interaction:
             return await self.handleInteraction(event)
-        case .update, .delete, .deleteBulk, .guildRemoved, .threads, .forgetUser, .memberLeft, .deleteData, .migrate, .relearn, .restore:
+        case .update, .delete, .deleteBulk, .guildRemoved, .threads, .channels, .forgetUser, .memberLeft, .deleteData, .migrate, .relearn, .restore:
             return true
+        }
+    }
+
+    /// Whether the channel is age-restricted; `false` when that cannot be read (text learnt in age-restricted
+    /// channels is then not said: the safe side).
+    private func isAgeRestricted(channel: Snowflake?, parent: Snowflake?, guild: Snowflake) async -> Bool {
+        guard let channel else { return false }
+        do {
+            return try await self.composer.store.isAgeRestricted(channel: channel, parent: parent, guild: guild)
+        } catch {
+            self.logger.warning("cannot read the channel's age restriction", metadata: ["guild": "\(guild)", "error": "\(error)"])
+            return false
         }
     }
 
@@ -238,7 +250,8 @@ public final class Responder: Service, Sendable {
                 self.counters.withLock { $0.restricted += 1 }
                 return true
             }
-            let text = try await self.composer.reply(to: trigger.request, guild: event.guildID)
+            let restricted = await self.isAgeRestricted(channel: channel, parent: event.threadParent, guild: event.guildID)
+            let text = try await self.composer.reply(to: trigger.request, guild: event.guildID, ageRestricted: restricted)
             var message = CreateMessage(content: text, replyTo: messageID, nonce: Self.nonce(for: messageID), tts: trigger.tts)
             if case .sentence = trigger.request {
                 message.embeds = await self.image(guild: event.guildID, trigger: messageID, chance: rules.imageChance)
@@ -298,7 +311,8 @@ public final class Responder: Service, Sendable {
                     defer { unaskedSettings.forget(guild: guild) } // the command may have changed them
                     return try await commands.run(command, interaction: interaction, guild: guild)
                 }
-                return try await composer.reply(to: trigger.request, guild: guild)
+                let restricted = await self.isAgeRestricted(channel: interaction.channelID, parent: nil, guild: guild)
+                return try await composer.reply(to: trigger.request, guild: guild, ageRestricted: restricted)
             }
             let started = ContinuousClock.now
             let quick = await Self.result(of: generation, within: self.configuration.interactionDeferAfter)

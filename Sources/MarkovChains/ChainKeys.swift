@@ -27,6 +27,9 @@ public struct ChainKeys: Sendable, Hashable {
     public var purgeOnLeave: String { "\(self.prefix):purge-on-leave" }
     /// Set of ``BlockEntry`` texts: tokens the bot never says (read by `markov_generate`).
     public var blocklist: String { "\(self.prefix):block" }
+    /// Set of the guild's age-restricted (NSFW) channels: text learnt in them (and their threads) goes to the
+    /// age-restricted scope (``ChainScope``).
+    public var ageRestricted: String { "\(self.prefix):nsfw" }
     /// Thread id → its channel (hash): a message in a thread is learnt when its channel is.
     public var threads: String { "\(self.prefix):threads" }
     /// Message id → its first image URL (hash), for replies with an image.
@@ -112,6 +115,7 @@ public struct ChainKeys: Sendable, Hashable {
         Family(suffix: ":h", owner: .chain, summary: "content hashes of learnt messages"),
         Family(suffix: ":img", owner: .chain, summary: "image URL of learnt messages"),
         Family(suffix: ":threads", owner: .chain, summary: "thread → channel"),
+        Family(suffix: ":nsfw", owner: .chain, summary: "age-restricted channels"),
         Family(suffix: ":listen", owner: .chain, summary: "channels learnt from"),
         Family(suffix: ":filters", owner: .chain, summary: "training filters (what is stripped before learning)"),
         Family(suffix: ":purge-on-leave", owner: .chain, summary: "on: a member's messages are forgotten when they leave"),

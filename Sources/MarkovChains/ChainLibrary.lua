@@ -232,11 +232,9 @@ local function draw_big(P, state, v)
     return nil
 end
 
--- Draws a successor of a state: token ('' is the end), hash of the next state, its count (small states always,
--- big states when debug), the state's total; nil when the state is unknown.
-local function draw2(P, L, p, state, h)
-    local v = redis.call('HGET', state_key2(P, L, p, state, h), state)
-    if not v then return nil end
+-- Draws a successor of a state from its value: token ('' is the end), hash of the next state, its count (small
+-- states always, big states when debug), the state's total.
+local function draw_value(P, state, v)
     local n = byte(v, 1)
     if n == 1 then
         local nh, len = bunpack('<I3B', v, 2)
@@ -256,6 +254,60 @@ local function draw2(P, L, p, state, h)
     return nil
 end
 
+-- The same from the state's text; nil when the state is unknown.
+local function draw2(P, L, p, state, h)
+    local v = redis.call('HGET', state_key2(P, L, p, state, h), state)
+    if not v then return nil end
+    return draw_value(P, state, v)
+end
+
+-- A state's total from its value.
+local function value_total(v)
+    local n = byte(v, 1)
+    if n == 1 then
+        local _, len = bunpack('<I3B', v, 2)
+        return (count8(v, 6 + len))
+    end
+    if n == 0 then
+        local T, _, pending, neg = bunpack('<I4I4I4I4', v, 2)
+        return T + pending - neg
+    end
+    return (count8(v, 2))
+end
+
+--[[
+Scopes. Text learnt in age-restricted channels is stored as states whose text starts with the byte 0x01 (no token
+holds a control character), and is said only in age-restricted channels. There a walk draws from the union of the
+two chains: at state s it picks the guild's state s with probability T(s) / (T(s) + T(R s)), else the restricted
+state R s, then a successor within it, which gives each token (c(s, t) + c(R s, t)) / (T(s) + T(R s)): exactly the
+chain learnt from both. Successors carry the hash of the next state of their own scope; the other's is computed.
+]]
+local R = '\1'
+local successors_of -- successors2, defined below
+
+local function draw_union(P, L, p, state, h, hr)
+    local rstate = R .. state
+    local vo = redis.call('HGET', state_key2(P, L, p, state, h), state)
+    local vr = redis.call('HGET', state_key2(P, L, p, rstate, hr), rstate)
+    local to = vo and value_total(vo) or 0
+    local tr = vr and value_total(vr) or 0
+    if to + tr <= 0 then return nil end
+    local tok, nh, count, from_r
+    if rand_below(to + tr) < to then
+        tok, nh, count = draw_value(P, state, vo)
+        from_r = false
+    else
+        tok, nh, count = draw_value(P, rstate, vr)
+        from_r = true
+    end
+    if tok ~= nil and debug_counts and to > 0 and tr > 0 then
+        -- The token's count in the union, for the debug steps.
+        local toks, counts = successors_of(P, L, p, from_r and state or rstate, from_r and h or hr)
+        for i = 1, #toks do if toks[i] == tok then count = count + counts[i] end end
+    end
+    return tok, nh, count, to + tr, from_r
+end
+
 -- A state's successors with their counts and next-state hashes (layout 2): {token}, {count}, {hash} lists.
 local function successors2(P, L, p, state, h)
     local v = redis.call('HGET', state_key2(P, L, p, state, h), state)
@@ -273,6 +325,8 @@ local function successors2(P, L, p, state, h)
     end
     return toks, counts, hashes
 end
+
+successors_of = successors2
 
 -- The blocklist ('{g}:block', a set of lowercased entries: a token, or '*x', 'x*', '*x*' for the tokens ending
 -- in, starting with or containing x). Tokens are compared lowercased (ASCII letters; other letters as stored).
@@ -490,7 +544,8 @@ end
 -- Generation --------------------------------------------------------------------------------------------------
 
 -- markov_generate(meta; n, seed_a, seed_b, max_words, max_tries, min_words, max_chars, allow_copies, debug,
---                 sampling ('alias', or 'linear' for the benchmark ablation), seed words…)
+--                 options (comma-separated: 'alias' or 'linear' for the benchmark ablation; 'restricted' to draw
+--                 from the age-restricted scope too), seed words…)
 -- Returns {sentence or false, tries, notes, steps} where steps (debug only) is a flat list of
 -- token, count, total per step of the returned sentence, and notes explains how the seed was used.
 local function generate(keys, args)
@@ -503,15 +558,26 @@ local function generate(keys, args)
     local L, p = shape.L, shape.p
     local v2 = shape.layout == 2
     local draw = v2 and draw2 or draw1
+    local options = ',' .. (args[10] or '') .. ','
+    -- Layout 1 predates scopes: it has no age-restricted states.
+    local restricted = v2 and find(options, ',restricted,', 1, true) ~= nil
     local function exists(state)
-        if v2 then return redis.call('HEXISTS', state_key2(P, L, p, state, hash24(state)), state) == 1 end
+        if v2 then
+            if redis.call('HEXISTS', state_key2(P, L, p, state, hash24(state)), state) == 1 then return true end
+            return restricted and redis.call('HEXISTS', state_key2(P, L, p, R .. state, hash24(R .. state)), R .. state) == 1
+        end
         return redis.call('HEXISTS', bucket_key1(P, hash32(state), L, p), state) == 1
     end
     seed_rng(args[2], args[3])
     local max_words, max_tries, min_words, max_chars = tonumber(args[4]), tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
     local allow_copies, debug = args[8] == '1', args[9] == '1'
     debug_counts = debug
-    linear_scan = args[10] == 'linear'
+    linear_scan = find(options, ',linear,', 1, true) ~= nil
+    -- One draw: token, next hash, count, total, and (restricted) whether it came from the restricted state.
+    local function draw_any(state, h, hr)
+        if restricted then return draw_union(P, L, p, state, h, hr) end
+        return draw(P, L, p, state, h)
+    end
     local seed = {}
     for i = 11, #args do seed[#seed + 1] = args[i] end
     local blocking = load_blocklist(P)
@@ -525,14 +591,24 @@ local function generate(keys, args)
     -- being blocked, exactly. Rejection (redraw a blocked token) gives that distribution; after 32 rejections the
     -- draw is made explicitly from the allowed successors, which is the same distribution, so the mixture is too.
     -- nil, 'blocked' when every successor is blocked (layout 1: after 32 rejections).
-    local function pick(state, h)
-        if not blocking then return draw(P, L, p, state, h) end
+    local function pick(state, h, hr)
+        if not blocking then return draw_any(state, h, hr) end
         for _ = 1, 32 do
-            local tok, nh, count, total = draw(P, L, p, state, h)
-            if tok == nil or not is_blocked(tok) then return tok, nh, count, total end
+            local tok, nh, count, total, from_r = draw_any(state, h, hr)
+            if tok == nil or not is_blocked(tok) then return tok, nh, count, total, from_r end
         end
         if not v2 then return nil, 'blocked' end
+        -- Every (scope, successor) pair, drawn by its count: the union's distribution, less the blocked tokens.
         local toks, counts, hashes = successors2(P, L, p, state, h)
+        local scopes = {}
+        for i = 1, #toks do scopes[i] = false end
+        if restricted then
+            local rt, rc, rh = successors2(P, L, p, R .. state, hr)
+            for i = 1, #rt do
+                local k = #toks + 1
+                toks[k], counts[k], hashes[k], scopes[k] = rt[i], rc[i], rh[i], true
+            end
+        end
         local allowed, total = 0, 0
         for i = 1, #toks do
             total = total + counts[i]
@@ -543,7 +619,7 @@ local function generate(keys, args)
         for i = 1, #toks do
             if not is_blocked(toks[i]) then
                 r = r - counts[i]
-                if r < 0 then return toks[i], hashes[i], counts[i], total end
+                if r < 0 then return toks[i], hashes[i], counts[i], total, scopes[i] end
             end
         end
         return nil, 'blocked'
@@ -579,15 +655,16 @@ local function generate(keys, args)
     end
     local start_state = table.concat(start, ' ')
     local start_hash = v2 and hash24(start_state) or 0
+    local start_rhash = restricted and hash24(R .. start_state) or 0
 
     local reason = 'the guild has no data'
     for try = 1, max_tries do
-        local state, h = start_state, start_hash
+        local state, h, hr = start_state, start_hash, start_rhash
         local out, steps = {}, {}
         for i = 1, #prefix do out[i] = prefix[i] end
         local words, ended = #out, false
         while words < max_words do
-            local tok, nh, count, total = pick(state, h)
+            local tok, nh, count, total, from_r = pick(state, h, hr)
             if tok == nil then
                 if nh == 'blocked' then reason = 'every try met a state whose words are all blocked' end
                 break
@@ -602,7 +679,9 @@ local function generate(keys, args)
             out[words] = tok
             -- The next state: this one without its first token, then tok (tokens never contain spaces).
             if n == 1 then state = tok else state = sub(state, find(state, ' ', 1, true) + 1) .. ' ' .. tok end
-            h = nh
+            if not restricted then h = nh
+            elseif from_r then h, hr = hash24(state), nh
+            else h, hr = nh, hash24(R .. state) end
         end
         local sentence = table.concat(out, ' ')
         if not ended then

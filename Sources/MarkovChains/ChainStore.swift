@@ -43,6 +43,9 @@ public struct ChainStore: Sendable {
         public var debug = false
         /// Sample big states by scanning their counts instead of the alias table: an ablation for `bench/`.
         public var linearScan = false
+        /// Draw from the age-restricted scope too (a reply in an age-restricted channel): from the union of the
+        /// guild's chain and the one learnt in age-restricted channels. Off: text learnt there is never said.
+        public var ageRestricted = false
         public init() {}
     }
 
@@ -83,7 +86,7 @@ public struct ChainStore: Sendable {
             .integer(self.stateSize), .integer(Int(mixed >> 33)), .integer(Int(mixed & 0x1_FFFF_FFFF)),
             .integer(options.maxWords), .integer(options.maxTries), .integer(options.minWords),
             .integer(options.maxCharacters), options.allowCopies ? "1" : "0", options.debug ? "1" : "0",
-            options.linearScan ? "linear" : "alias",
+            .string((options.linearScan ? "linear" : "alias") + (options.ageRestricted ? ",restricted" : "")),
         ]
         arguments += options.seedWords.map { .string($0) }
         let started = ContinuousClock.now
@@ -191,6 +194,20 @@ public struct ChainStore: Sendable {
     /// to the history).
     public func setFilters(_ filters: ContentFilters, guild: Snowflake) async throws(RedisError) {
         try await self.redis.send(RedisCommand("SET", .string(ChainKeys(guild: guild).filters), .string(filters.description)))
+    }
+
+    /// Whether a channel is age-restricted (or a thread of one, `parent` when the caller knows it): replies there may
+    /// say text learnt in age-restricted channels.
+    public func isAgeRestricted(channel: Snowflake, parent: Snowflake? = nil, guild: Snowflake) async throws(RedisError) -> Bool {
+        let keys = ChainKeys(guild: guild)
+        let replies = await self.redis.pipeline([
+            RedisCommand("SMEMBERS", .string(keys.ageRestricted)), RedisCommand("HGET", .string(keys.threads), .string(channel.rawValue)),
+        ])
+        let restricted = Set((try replies[0].get().array ?? []).compactMap(\.string))
+        guard !restricted.isEmpty else { return false }
+        let stored = try replies[1].get().string
+        let parent = parent?.rawValue ?? stored
+        return restricted.contains(channel.rawValue) || parent.map(restricted.contains) == true
     }
 
     /// Whether a member's messages are forgotten when they leave the guild.

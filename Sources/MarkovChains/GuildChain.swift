@@ -55,6 +55,7 @@ final class GuildChain {
     /// batch's number: what the next batch reads from Redis may not show them yet.
     var recentRecords: [String: (record: MessageRecord?, batch: UInt64)] = [:]
     var recentThreads: [String: (channel: String, batch: UInt64)] = [:]
+    var recentRestricted: [String: (restricted: Bool, batch: UInt64)] = [:]
 
     /// The bucket table as the writes known to have landed left it, and as each write still in flight leaves it
     /// (with its batch): a split in flight may not have moved a state yet, so a state is read from every bucket
@@ -70,6 +71,7 @@ final class GuildChain {
         }
         if !self.recentRecords.isEmpty { self.recentRecords = self.recentRecords.filter { $0.value.batch > batch } }
         if !self.recentThreads.isEmpty { self.recentThreads = self.recentThreads.filter { $0.value.batch > batch } }
+        if !self.recentRestricted.isEmpty { self.recentRestricted = self.recentRestricted.filter { $0.value.batch > batch } }
     }
     /// A rough size of this chain in memory, for the owner's memory bound.
     var bytes: Int { self.stateBytes + (self.stored?.bytes ?? 0) + 16 * self.tokens.count }
@@ -105,14 +107,15 @@ final class GuildChain {
     /// The key of the state after `key` when `token` follows.
     func key(after key: StateKey, _ token: UInt32) -> StateKey { key.shifted(token, size: self.stateSize) }
 
-    /// The state keys a message passes through: the start, then one per token (the last is followed by the end).
-    func path(_ tokens: [String]) -> (keys: [StateKey], ids: [UInt32]) {
+    /// The state keys a message passes through in a scope: the start, then one per token (the last is followed by
+    /// the end).
+    func path(_ tokens: [String], scope: ChainScope = .guild) -> (keys: [StateKey], ids: [UInt32]) {
         var ids: [UInt32] = []
         ids.reserveCapacity(tokens.count)
         for token in tokens { ids.append(self.tokens.id(token)) }
-        var keys: [StateKey] = [.start]
+        var key = StateKey.start(scope)
+        var keys: [StateKey] = [key]
         keys.reserveCapacity(ids.count + 1)
-        var key = StateKey.start
         for id in ids {
             key = key.shifted(id, size: self.stateSize)
             keys.append(key)
@@ -120,19 +123,20 @@ final class GuildChain {
         return (keys, ids)
     }
 
-    /// The text of a state: its tokens joined by single spaces.
+    /// The text of a state: its scope's marker, then its tokens joined by single spaces.
     func text(of key: StateKey) -> [UInt8] {
         if self.stateSize == 2 {
             let first = self.tokens.utf8(UInt32(truncatingIfNeeded: key.low))
             let second = self.tokens.utf8(UInt32(truncatingIfNeeded: key.low >> 32))
             var text: [UInt8] = []
-            text.reserveCapacity(first.count + 1 + second.count)
+            text.reserveCapacity(2 + first.count + second.count)
+            if key.high != 0 { text += key.scope.marker }
             text += first
             text.append(0x20)
             text += second
             return text
         }
-        var text: [UInt8] = []
+        var text: [UInt8] = key.scope.marker
         for (index, id) in key.ids(size: self.stateSize).enumerated() {
             if index > 0 { text.append(0x20) }
             text += self.tokens.utf8(id)
@@ -383,9 +387,9 @@ final class GuildChain {
     /// Adds (`delta` 1) or removes (`delta` -1) one message's transitions. Every state on its path must be known
     /// (``isKnown(_:)``). Returns the transitions changed.
     @discardableResult
-    func learn(_ tokens: [String], delta: Int32) -> Int {
+    func learn(_ tokens: [String], delta: Int32, scope: ChainScope = .guild) -> Int {
         guard !tokens.isEmpty else { return 0 }
-        let (keys, ids) = self.path(tokens)
+        let (keys, ids) = self.path(tokens, scope: scope)
         var nodes: [StateNode] = []
         nodes.reserveCapacity(keys.count)
         for key in keys { nodes.append(self.node(key)) }
@@ -790,14 +794,26 @@ struct TokenTable {
     func length(_ id: UInt32) -> Int { self.lengths[Int(id)] }
 }
 
-/// A state as its token ids (up to six, 32 bits each): the key of the owner's dictionaries.
+/// A state as its token ids (up to six, 32 bits each) and its scope: the key of the owner's dictionaries. The top
+/// bit of `high` marks the age-restricted scope (``ChainScope``); token ids stay below 2^31.
 struct StateKey: Hashable, Sendable {
     var low: UInt64
     var middle: UInt64
     var high: UInt64
 
+    /// The bit of `high` that marks a state of the age-restricted scope.
+    static let restrictedBit: UInt64 = 1 << 63
+
     /// The start of a message: all empty tokens.
     static let start = StateKey(low: 0, middle: 0, high: 0)
+
+    /// The start of a message in a scope.
+    static func start(_ scope: ChainScope) -> StateKey {
+        scope == .guild ? .start : StateKey(low: 0, middle: 0, high: Self.restrictedBit)
+    }
+
+    /// The state's scope.
+    var scope: ChainScope { self.high & Self.restrictedBit == 0 ? .guild : .ageRestricted }
 
     init(low: UInt64, middle: UInt64, high: UInt64) {
         self.low = low
@@ -808,14 +824,17 @@ struct StateKey: Hashable, Sendable {
     /// The state without its first token, with `token` appended (tokens are 32-bit slots, the first lowest).
     @inline(__always)
     func shifted(_ token: UInt32, size: Int) -> StateKey {
+        let scope = self.high & Self.restrictedBit
         if size <= 2 {
-            if size == 1 { return StateKey(low: UInt64(token), middle: 0, high: 0) }
-            return StateKey(low: (self.low >> 32) | (UInt64(token) << 32), middle: 0, high: 0)
+            if size == 1 { return StateKey(low: UInt64(token), middle: 0, high: scope) }
+            return StateKey(low: (self.low >> 32) | (UInt64(token) << 32), middle: 0, high: scope)
         }
         var ids = self.ids(size: size)
         ids.removeFirst()
         ids.append(token)
-        return StateKey(ids: ids)
+        var key = StateKey(ids: ids)
+        key.high |= scope
+        return key
     }
 
     init(ids: [UInt32]) {
@@ -825,7 +844,7 @@ struct StateKey: Hashable, Sendable {
     }
 
     func ids(size: Int) -> [UInt32] {
-        let words = [self.low, self.middle, self.high]
+        let words = [self.low, self.middle, self.high & ~Self.restrictedBit]
         return (0..<size).map { UInt32(truncatingIfNeeded: words[$0 / 2] >> (32 * UInt64($0 % 2))) }
     }
 

@@ -10,7 +10,7 @@ public struct MemberData: Sendable {
     public var user: Snowflake
     public var optedOut: Bool
     /// Message id and record, by message id.
-    public var messages: [(id: String, tokens: [String], filters: ContentFilters)]
+    public var messages: [(id: String, tokens: [String], filters: ContentFilters, scope: ChainScope)]
     /// Records read to find them (the guild's whole history: records are kept by message, not by member).
     public var scanned: Int
 
@@ -21,10 +21,9 @@ public struct MemberData: Sendable {
         let keys = ChainKeys(guild: guild)
         let optedOut = try await redis.send(RedisCommand("SISMEMBER", .string(keys.optOut), .string(user.rawValue))).int == 1
         let total = try await redis.send(RedisCommand("HLEN", .string(keys.messages))).int ?? 0
-        var messages: [(id: String, tokens: [String], filters: ContentFilters)] = []
+        var messages: [(id: String, tokens: [String], filters: ContentFilters, scope: ChainScope)] = []
         var scanned = 0
         var cursor = "0"
-        let needle = Array((user.rawValue + "\t").utf8)
         repeat {
             let reply = try await redis.send(RedisCommand("HSCAN", .string(keys.messages), .string(cursor), "COUNT", 1000))
             guard let parts = reply.array, parts.count == 2, let next = parts[0].string else {
@@ -34,10 +33,10 @@ public struct MemberData: Sendable {
             let items = parts[1].array ?? []
             for index in stride(from: 0, to: items.count - 1, by: 2) {
                 scanned += 1
-                guard let value = items[index + 1].bytes, value.starts(with: needle), let id = items[index].string,
-                      case .learnt(_, let tokens, let filters)? = MessageRecord(value)
+                guard let value = items[index + 1].bytes, MessageRecord.isLearnt(value, by: user.rawValue), let id = items[index].string,
+                      case .learnt(_, let tokens, let filters, let scope)? = MessageRecord(value)
                 else { continue }
-                messages.append((id, tokens, filters))
+                messages.append((id, tokens, filters, scope))
             }
             progress(scanned, max(total, scanned))
         } while cursor != "0"
@@ -63,7 +62,7 @@ public struct MemberData: Sendable {
         ]
         for (index, message) in self.messages.enumerated() {
             let comma = index == self.messages.count - 1 ? "" : ","
-            lines.append("    {\"id\": \(quoted(message.id)), \"text\": \(quoted(message.tokens.joined(separator: " "))), \"filters\": \(quoted(message.filters.letters))}\(comma)")
+            lines.append("    {\"id\": \(quoted(message.id)), \"text\": \(quoted(message.tokens.joined(separator: " "))), \"filters\": \(quoted(message.filters.letters))\(message.scope == .ageRestricted ? ", \"age_restricted\": true" : "")}\(comma)")
         }
         lines += ["  ]", "}", ""]
         return Array(lines.joined(separator: "\n").utf8)

@@ -221,8 +221,10 @@ extension PartitionOwner {
     /// What the messages of one guild's run do, decided from the event, the message records and the settings.
     struct Plan {
         enum Effect {
-            case learn([String])
-            case unlearn([String])
+            case learn([String], ChainScope)
+            case unlearn([String], ChainScope)
+            /// A channel became age-restricted (`true`) or open.
+            case restricted(channel: String, Bool)
             case record(id: String, MessageRecord?)
             case image(id: String, url: String?)
             case contentHash(String, Int)
@@ -255,6 +257,8 @@ extension PartitionOwner {
         var backfillStarted: String?
         /// What is stripped from the run's messages before they are learnt.
         var filters: ContentFilters = []
+        /// The guild's age-restricted channels.
+        var restricted: Set<String> = []
     }
 
     /// What the guild strips before learning: its stored setting (or the defaults) when the `training-filters`
@@ -281,10 +285,13 @@ extension PartitionOwner {
             case .create:
                 if let id = event.messageID { ids.append(id) }
                 if let author = event.authorID { authors.insert(author.rawValue) }
-                if event.source == .gateway, let channel = event.channelID {
-                    channels.insert(channel.rawValue)
+                if let channel = event.channelID {
+                    // A thread's channel decides whether the message is learnt (gateway messages) and its scope.
                     threadChannels.insert(channel.rawValue)
-                    if let parent = event.threadParent { channels.insert(parent.rawValue) }
+                    if event.source == .gateway {
+                        channels.insert(channel.rawValue)
+                        if let parent = event.threadParent { channels.insert(parent.rawValue) }
+                    }
                 }
             case .update, .delete:
                 if let id = event.messageID { ids.append(id) }
@@ -304,6 +311,7 @@ extension PartitionOwner {
         commands.append(threadList.isEmpty ? RedisCommand("PING") : RedisCommand("HMGET", [.string(keys.threads)] + threadList.map { .string($0) }))
         commands.append(RedisCommand("HGET", .string(keys.backfill), "started"))
         commands.append(RedisCommand("GET", .string(keys.filters)))
+        commands.append(RedisCommand("SMEMBERS", .string(keys.ageRestricted)))
         return (commands, ids, channelList, authorList, threadList)
     }
 
@@ -312,8 +320,12 @@ extension PartitionOwner {
         var plan = Plan()
         var records: [String: MessageRecord?] = [:]
         var threads = context.threads
+        var restricted = context.restricted
         // What batches in flight wrote is not in what was read.
         for (thread, written) in chain.recentThreads { threads[thread] = written.channel }
+        for (channel, written) in chain.recentRestricted {
+            if written.restricted { restricted.insert(channel) } else { restricted.remove(channel) }
+        }
         func record(_ id: String) -> MessageRecord?? {
             if let known = records[id] { return .some(known) }
             if let written = chain.recentRecords[id] { return .some(written.record) }
@@ -325,11 +337,11 @@ extension PartitionOwner {
             let event = item.event
             var effects: [Plan.Effect] = []
             /// Records the message's tokens and learns what the filters leave of them.
-            func learn(_ id: String, author: String, tokens: [String], image: String?) {
-                let record = MessageRecord.learnt(author: author, tokens: tokens, filters: context.filters)
+            func learn(_ id: String, author: String, tokens: [String], image: String?, scope: ChainScope) {
+                let record = MessageRecord.learnt(author: author, tokens: tokens, filters: context.filters, scope: scope)
                 let learnt = record.learntTokens
                 if !learnt.isEmpty {
-                    effects.append(.learn(learnt))
+                    effects.append(.learn(learnt, scope))
                     effects.append(.contentHash(MessageRecord.contentHash(learnt), 1))
                     if let image { effects.append(.image(id: id, url: image)) }
                 }
@@ -340,7 +352,7 @@ extension PartitionOwner {
             func forget(_ record: MessageRecord) {
                 let learnt = record.learntTokens
                 guard !learnt.isEmpty else { return }
-                effects.append(.unlearn(learnt))
+                effects.append(.unlearn(learnt, record.scope))
                 effects.append(.contentHash(MessageRecord.contentHash(learnt), -1))
             }
             switch event.kind {
@@ -374,7 +386,11 @@ extension PartitionOwner {
                     || context.filters.apply(to: tokens).contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
                     plan.skipped += 1
                 } else {
-                    learn(id, author: author, tokens: tokens, image: event.attachments.first(where: ChainEvent.isImage))
+                    // Text of an age-restricted channel (or a thread of one) is learnt into that scope only.
+                    let channel = event.channelID?.rawValue
+                    let parent = event.threadParent?.rawValue ?? channel.flatMap { threads[$0] }
+                    let scope: ChainScope = [channel, parent].contains { $0.map(restricted.contains) == true } ? .ageRestricted : .guild
+                    learn(id, author: author, tokens: tokens, image: event.attachments.first(where: ChainEvent.isImage), scope: scope)
                     plan.created += 1
                 }
             case .update:
@@ -396,19 +412,19 @@ extension PartitionOwner {
                     effects.append(.record(id: id, .editedBeforeCreate(tokens: tokens)))
                     records[id] = .editedBeforeCreate(tokens: tokens)
                     plan.skipped += 1
-                case .learnt(let author, let old, let filters)?:
+                case .learnt(let author, let old, let filters, let scope)?:
                     if old == tokens && filters == context.filters {
                         plan.skipped += 1
                     } else {
                         // What was learnt goes (under the filters it was learnt with); the new text is learnt
-                        // under the guild's filters now.
-                        forget(.learnt(author: author, tokens: old, filters: filters))
+                        // under the guild's filters now, in the scope the message was learnt in.
+                        forget(.learnt(author: author, tokens: old, filters: filters, scope: scope))
                         if tokens.isEmpty {
                             effects.append(.record(id: id, nil))
                             effects.append(.image(id: id, url: nil))
                             records[id] = .some(nil)
                         } else {
-                            learn(id, author: author, tokens: tokens, image: nil)
+                            learn(id, author: author, tokens: tokens, image: nil, scope: scope)
                         }
                         plan.updated += 1
                     }
@@ -438,6 +454,11 @@ extension PartitionOwner {
                 for (thread, channel) in zip(event.messageIDs, event.threadParents) {
                     threads[thread] = channel
                     effects.append(.thread(id: thread, channel: channel))
+                }
+            case .channels:
+                for (channel, isRestricted) in zip(event.messageIDs, event.ageRestricted) where restricted.contains(channel) != isRestricted {
+                    if isRestricted { restricted.insert(channel) } else { restricted.remove(channel) }
+                    effects.append(.restricted(channel: channel, isRestricted))
                 }
             case .interaction, .guildRemoved, .deleteData, .forgetUser, .memberLeft, .migrate, .relearn, .restore:
                 break
@@ -479,6 +500,7 @@ extension PartitionOwner {
             }
             context.backfillStarted = try replies[base + 4].get().string
             context.filters = await self.filters(guild: run.guild, stored: try replies[base + 5].get().string)
+            context.restricted = Set((try replies[base + 6].get().array ?? []).compactMap(\.string))
             guard let chain = self.chains[run.guild] else {
                 plans.append(Plan())
                 continue
@@ -488,14 +510,14 @@ extension PartitionOwner {
             plans.append(plan)
         }
         // 2. The states the chains do not know yet.
-        var loadable: [(GuildChain, [[String]])] = []
+        var loadable: [(GuildChain, [(tokens: [String], scope: ChainScope)])] = []
         for (run, plan) in zip(runs, plans) {
             guard let chain = self.chains[run.guild], !chain.isComplete else { continue }
-            var messages: [[String]] = []
+            var messages: [(tokens: [String], scope: ChainScope)] = []
             for item in plan.items {
                 for effect in item.effects {
                     switch effect {
-                    case .learn(let tokens), .unlearn(let tokens): messages.append(tokens)
+                    case .learn(let tokens, let scope), .unlearn(let tokens, let scope): messages.append((tokens, scope))
                     default: break
                     }
                 }
@@ -551,6 +573,7 @@ extension PartitionOwner {
         var images: [String: String?] = [:]
         var hashes: [String: Int] = [:]
         var threads: [(String, String)] = []
+        var flags: [(channel: String, restricted: Bool)] = []
         func close(_ last: StreamID) {
             let deletes = records.filter { $0.value == nil }.map { Array($0.key.utf8) }
             let writes = records.compactMap { id, record in record.map { (field: Array(id.utf8), value: $0.encoded) } }
@@ -561,6 +584,10 @@ extension PartitionOwner {
             if !imageDeletes.isEmpty { write.hdel(":img", imageDeletes) }
             if !imageWrites.isEmpty { write.hset(":img", imageWrites) }
             if !threads.isEmpty { write.hset(":threads", threads) }
+            // In order: a channel may change twice in a run.
+            for (channel, restricted) in flags {
+                if restricted { write.sadd(":nsfw", [Array(channel.utf8)]) } else { write.srem(":nsfw", [Array(channel.utf8)]) }
+            }
             write.counters(":h", hashes.filter { $0.value != 0 }.map { (field: $0.key, delta: $0.value) })
             chain.flush(into: &write, batch: self.batchNumber)
             var lanes = chain.applied
@@ -578,16 +605,20 @@ extension PartitionOwner {
             images = [:]
             hashes = [:]
             threads = []
+            flags = []
         }
         for (index, item) in plan.items.enumerated() {
             for effect in item.effects {
                 switch effect {
-                case .learn(let tokens):
-                    transitions += chain.learn(tokens, delta: 1)
+                case .learn(let tokens, let scope):
+                    transitions += chain.learn(tokens, delta: 1, scope: scope)
                     chain.counters.messages += 1
-                case .unlearn(let tokens):
-                    transitions += chain.learn(tokens, delta: -1)
+                case .unlearn(let tokens, let scope):
+                    transitions += chain.learn(tokens, delta: -1, scope: scope)
                     chain.counters.messages -= 1
+                case .restricted(let channel, let isRestricted):
+                    flags.append((channel, isRestricted))
+                    chain.recentRestricted[channel] = (isRestricted, self.batchNumber)
                 case .record(let id, let record):
                     records[id] = .some(record)
                     chain.recentRecords[id] = (record, self.batchNumber)
@@ -701,7 +732,7 @@ extension PartitionOwner {
 
     /// Reads the states the chains do not know, for the messages about to be learnt or forgotten. Returns the
     /// guilds whose stored chain cannot be read, with the reason (the rest are loaded).
-    mutating func load(_ work: [(GuildChain, [[String]])]) async throws(RedisError) -> [Snowflake: String] {
+    mutating func load(_ work: [(GuildChain, [(tokens: [String], scope: ChainScope)])]) async throws(RedisError) -> [Snowflake: String] {
         // One HMGET per bucket and step: a state that a split in flight moves is looked for in each bucket it
         // passes through, in the order the splits go (``GuildChain/readLocations(text:hash:)``).
         var reads: [(step: Int, chain: GuildChain, location: GuildChain.Location, states: [(StateKey, [UInt8])])] = []
@@ -710,8 +741,8 @@ extension PartitionOwner {
             var groups: [GuildChain.Location: [Int: [(StateKey, [UInt8])]]] = [:]
             var seen: Set<StateKey> = []
             var keys: [StateKey] = []
-            for tokens in messages {
-                for key in chain.path(tokens).keys where !chain.isKnown(key) && seen.insert(key).inserted {
+            for (tokens, scope) in messages {
+                for key in chain.path(tokens, scope: scope).keys where !chain.isKnown(key) && seen.insert(key).inserted {
                     let text = chain.text(of: key)
                     keys.append(key)
                     for (location, step) in chain.readLocations(text: text, hash: ChainLayout.stateHash(text)) {

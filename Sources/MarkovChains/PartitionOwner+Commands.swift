@@ -133,7 +133,6 @@ extension PartitionOwner {
         }
         var forgotten = 0
         var cursor = "0"
-        let needle = Array((user.rawValue + "\t").utf8)
         repeat {
             guard let chain = self.chains[chain.guild] else { throw RedisError(.protocolError, "guild \(chain.guild) was forgotten mid-purge") }
             let reply = try await self.redis.send(RedisCommand("HSCAN", .string(chain.keys.messages), .string(cursor), "COUNT", 500))
@@ -143,16 +142,16 @@ extension PartitionOwner {
             cursor = next
             let flat = parts[1].array ?? []
             var plan = Plan()
-            var messages: [[String]] = []
+            var messages: [(tokens: [String], scope: ChainScope)] = []
             var effects: [Plan.Effect] = []
             for index in stride(from: 0, to: flat.count - 1, by: 2) {
-                guard let id = flat[index].string, let bytes = flat[index + 1].bytes, bytes.starts(with: needle),
+                guard let id = flat[index].string, let bytes = flat[index + 1].bytes, MessageRecord.isLearnt(bytes, by: user.rawValue),
                       let record = MessageRecord(bytes), case .learnt = record
                 else { continue }
                 let tokens = record.learntTokens
                 if !tokens.isEmpty {
-                    effects += [.unlearn(tokens), .contentHash(MessageRecord.contentHash(tokens), -1)]
-                    messages.append(tokens)
+                    effects += [.unlearn(tokens, record.scope), .contentHash(MessageRecord.contentHash(tokens), -1)]
+                    messages.append((tokens, record.scope))
                 }
                 effects += [.record(id: id, .deleted), .image(id: id, url: nil)]
                 forgotten += 1
@@ -191,25 +190,25 @@ extension PartitionOwner {
             }
             cursor = next
             let flat = parts[1].array ?? []
-            var messages: [[String]] = []
+            var messages: [(tokens: [String], scope: ChainScope)] = []
             var effects: [Plan.Effect] = []
             for index in stride(from: 0, to: flat.count - 1, by: 2) {
                 scanned += 1
                 guard let id = flat[index].string, let bytes = flat[index + 1].bytes, let record = MessageRecord(bytes),
-                      case .learnt(let author, let tokens, let old) = record, old != filters
+                      case .learnt(let author, let tokens, let old, let scope) = record, old != filters
                 else { continue }
                 let before = record.learntTokens
-                let relearnt = MessageRecord.learnt(author: author, tokens: tokens, filters: filters)
+                let relearnt = MessageRecord.learnt(author: author, tokens: tokens, filters: filters, scope: scope)
                 let after = relearnt.learntTokens
                 // Under either filters the same was learnt: the record is right as it is.
                 guard before != after else { continue }
                 if !before.isEmpty {
-                    effects += [.unlearn(before), .contentHash(MessageRecord.contentHash(before), -1)]
-                    messages.append(before)
+                    effects += [.unlearn(before, scope), .contentHash(MessageRecord.contentHash(before), -1)]
+                    messages.append((before, scope))
                 }
                 if !after.isEmpty {
-                    effects += [.learn(after), .contentHash(MessageRecord.contentHash(after), 1)]
-                    messages.append(after)
+                    effects += [.learn(after, scope), .contentHash(MessageRecord.contentHash(after), 1)]
+                    messages.append((after, scope))
                 }
                 effects.append(.record(id: id, relearnt))
                 changed += 1

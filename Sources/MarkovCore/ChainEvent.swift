@@ -23,6 +23,9 @@ public struct ChainEvent: Sendable, Hashable {
         /// ``ChainEvent/messageIDs`` and their channels in ``ChainEvent/threadParents``, so that messages in a thread
         /// are learnt when its channel is.
         case threads
+        /// Channels were announced or changed (GUILD_CREATE, CHANNEL_CREATE, CHANNEL_UPDATE): their ids are in
+        /// ``ChainEvent/messageIDs`` and whether each is age-restricted in ``ChainEvent/ageRestricted``.
+        case channels
         /// Forget every message of a user (``ChainEvent/authorID``) and keep them out (`markov forget-user`,
         /// `/forget-me`); the partition owner applies it in order with the messages.
         case forgetUser = "forget_user"
@@ -69,6 +72,8 @@ public struct ChainEvent: Sendable, Hashable {
     public var messageIDs: [String]
     /// The channel of each thread of a ``Kind/threads`` event, in the order of ``messageIDs``.
     public var threadParents: [String]
+    /// For a ``Kind/channels`` event: whether each channel of ``messageIDs`` is age-restricted (NSFW).
+    public var ageRestricted: [Bool] = []
     /// For a message in a thread whose channel the gateway knows: that channel (so a trainer can learn the message
     /// even if the thread's own `threads` event is applied after it, by another trainer).
     public var threadParent: Snowflake?
@@ -157,6 +162,7 @@ public struct ChainEvent: Sendable, Hashable {
         if let messageID { fields.append(("id", Array(messageID.utf8))) }
         if !self.messageIDs.isEmpty { fields.append(("ids", Array(self.messageIDs.joined(separator: ",").utf8))) }
         if !self.threadParents.isEmpty { fields.append(("parents", Array(self.threadParents.joined(separator: ",").utf8))) }
+        if !self.ageRestricted.isEmpty { fields.append(("nsfw", self.ageRestricted.map { $0 ? UInt8(ascii: "1") : UInt8(ascii: "0") })) }
         if let threadParent { fields.append(("parent", Array(threadParent.rawValue.utf8))) }
         if let authorID { fields.append(("author", Array(authorID.rawValue.utf8))) }
         if !self.authorFlags.isEmpty { fields.append(("aflags", Array(String(self.authorFlags.rawValue).utf8))) }
@@ -198,6 +204,7 @@ public struct ChainEvent: Sendable, Hashable {
         self.messageID = text("id")
         self.messageIDs = text("ids").map { $0.split(separator: ",").map(String.init) } ?? []
         self.threadParents = text("parents").map { $0.split(separator: ",").map(String.init) } ?? []
+        self.ageRestricted = fields["nsfw"].map { $0.map { $0 == UInt8(ascii: "1") } } ?? []
         self.threadParent = try snowflake("parent")
         self.authorID = try snowflake("author")
         self.authorFlags = AuthorFlags(rawValue: text("aflags").flatMap { Int($0) } ?? 0)
@@ -223,6 +230,10 @@ public struct ChainEvent: Sendable, Hashable {
             guard self.payload?.isEmpty == false else { throw DecodingError(description: "restore without a payload") }
         case .forgetUser, .memberLeft:
             guard self.authorID != nil else { throw DecodingError(description: "\(kind.rawValue) without an author") }
+        case .channels:
+            guard !self.messageIDs.isEmpty, self.messageIDs.count == self.ageRestricted.count, self.messageIDs.allSatisfy({ Snowflake($0) != nil }) else {
+                throw DecodingError(description: "channels without matching channel ids and nsfw flags")
+            }
         case .threads:
             guard !self.messageIDs.isEmpty, self.messageIDs.count == self.threadParents.count,
                   (self.messageIDs + self.threadParents).allSatisfy({ Snowflake($0) != nil })

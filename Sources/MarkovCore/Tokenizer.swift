@@ -1,4 +1,6 @@
-/// Turns a message into the tokens a chain learns: runs of non-whitespace, split on runs of Unicode whitespace.
+/// Turns a message into the tokens a chain learns: runs of non-whitespace, split on runs of Unicode whitespace and
+/// of the other ASCII control characters (so that no token holds one: the chain store marks the states of a scope,
+/// such as age-restricted text, with a leading control byte, ``ChainScope``).
 ///
 /// Case and punctuation are kept (as the reference bots do). User mentions written `<@!id>` become `<@id>`, so the
 /// two spellings are one token. Text arrives as Swift `String`s, which hold valid Unicode only: invalid UTF-8 has
@@ -27,8 +29,9 @@ public enum Tokenizer {
         while index < count {
             let byte = bytes[index]
             if byte < 0x80 {
-                // ASCII's Unicode whitespace: tab, newline, vertical tab, form feed, carriage return, and space.
-                if byte == 0x20 || (byte >= 0x09 && byte <= 0x0D) {
+                // ASCII's Unicode whitespace (tab, newline, vertical tab, form feed, carriage return, space) and
+                // the other control characters.
+                if byte <= 0x20 || byte == 0x7F {
                     flush(index)
                 } else if start < 0 {
                     start = index

@@ -332,6 +332,42 @@ extension GatewayIntegrationTests {
             await fake.stop()
         }
 
+        @Test("GUILD_CREATE and CHANNEL_UPDATE mark age-restricted channels; what is learnt there is said only there (and in their threads)")
+        func ageRestricted() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let (group, task, responder) = try await self.start(harness, fake, cooldown: .zero)
+            let store = ChainStore(redis: harness.redis, stateSize: 2)
+            let guild = Snowflake(String(Self.guild))!
+            let nsfw: UInt64 = 8
+            try await store.setListening(true, channel: Snowflake(String(nsfw))!, guild: guild)
+            _ = try fake.dispatch(shard: 0, event: "GUILD_CREATE", json: #"""
+                {"id":"\#(Self.guild)","channels":[{"id":"\#(Self.channel)","type":0},{"id":"\#(nsfw)","type":0,"nsfw":true},{"id":"90","type":4,"nsfw":true}],
+                 "threads":[{"id":"82","type":11,"parent_id":"\#(nsfw)","guild_id":"\#(Self.guild)"}]}
+                """#)
+            try await GatewayHarness.eventually("the age-restricted channel to be recorded") {
+                try await store.isAgeRestricted(channel: Snowflake(String(nsfw))!, guild: guild)
+            }
+            #expect(try await store.isAgeRestricted(channel: Snowflake("82")!, guild: guild), "a thread takes its channel's flag")
+            #expect(try await !store.isAgeRestricted(channel: Snowflake(String(Self.channel))!, guild: guild))
+            _ = try self.message(fake, 400, "zorblax grumbles loudly", channel: nsfw)
+            _ = try self.message(fake, 401, "zorblax mutters softly", channel: 82)
+            _ = try self.message(fake, 402, "otters float calmly", channel: Self.channel)
+            try await GatewayHarness.eventually("the messages to be learnt") { try await store.totals(guild: guild)["messages", default: 0] == 3 }
+            _ = try self.message(fake, 410, "!mark zorblax", channel: Self.channel)
+            _ = try self.message(fake, 411, "!mark zorblax", channel: nsfw)
+            try await GatewayHarness.eventually("two replies") { responder.statistics.replies == 2 }
+            let byTrigger = Dictionary(uniqueKeysWithValues: fake.rest.messages.map { ($0.replyTo ?? "", $0.content) })
+            #expect(byTrigger[String(Self.base + 410)]?.contains("zorblax") == false, "\(byTrigger)")
+            #expect(byTrigger[String(Self.base + 411)]?.hasPrefix("zorblax") == true, "\(byTrigger)")
+            // The channel opens up: from then on its messages are the guild's, and a new one is said anywhere.
+            _ = try fake.dispatch(shard: 0, event: "CHANNEL_UPDATE", json: #"{"id":"\#(nsfw)","type":0,"guild_id":"\#(Self.guild)","nsfw":false}"#)
+            try await GatewayHarness.eventually("the channel to open") { try await !store.isAgeRestricted(channel: Snowflake(String(nsfw))!, guild: guild) }
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
         @Test("the bot answers only in the channels singled out, and only members with a role allowed to ask (admins always)")
         func restrictions() async throws {
             let harness = try await GatewayHarness()

@@ -17,7 +17,7 @@ struct SamplingTests {
     /// The successor drawn after `state` in `draws` one-step generations (8 callers, seeds from the draw's number
     /// and `salt`), counted by token.
     static func drawSuccessors(
-        of state: [String], guild: Snowflake, harness: ChainHarness, draws: Int, salt: UInt64
+        of state: [String], guild: Snowflake, harness: ChainHarness, draws: Int, salt: UInt64, ageRestricted: Bool = false
     ) async throws -> [String: Int] {
         var observed: [String: Int] = [:]
         try await withThrowingTaskGroup(of: [String].self) { group in
@@ -28,6 +28,7 @@ struct SamplingTests {
                     options.seedWords = state
                     options.allowCopies = true
                     options.maxWords = 4
+                    options.ageRestricted = ageRestricted
                     var tokens: [String] = []
                     for draw in stride(from: worker, to: draws, by: workers) {
                         options.rngSeed = UInt64(draw) &* 0x9E37_79B9_7F4A_7C15 &+ salt
