@@ -474,18 +474,18 @@ extension PartitionOwner {
     ) async throws(RedisError) -> [String] {
         // 1. Context: records and settings, every guild in one pipeline.
         var commands: [RedisCommand] = []
-        var shapes: [(ids: [String], channels: [String], authors: [String], threads: [String])] = []
+        var shapes: [(base: Int, ids: [String], channels: [String], authors: [String], threads: [String])] = []
         for run in runs {
             let made = self.contextCommands(run.items, keys: ChainKeys(guild: run.guild))
+            shapes.append((commands.count, made.ids, made.channels, made.authors, made.threadChannels))
             commands += made.commands
-            shapes.append((made.ids, made.channels, made.authors, made.threadChannels))
         }
         let replies = await self.redis.pipeline(commands)
         var plans: [Plan] = []
         for (index, run) in runs.enumerated() {
-            let base = index * 6
-            var context = Context()
             let shape = shapes[index]
+            let base = shape.base
+            var context = Context()
             if !shape.ids.isEmpty, let values = try replies[base].get().array {
                 for (id, value) in zip(shape.ids, values) { if let bytes = value.bytes { context.records[id] = bytes } }
             }

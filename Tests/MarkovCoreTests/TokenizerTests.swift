@@ -18,9 +18,10 @@ struct TokenizerTests {
         #expect(Tokenizer.tokens("<@!12>,<@!x>") == ["<@12>,<@!x>"])
     }
 
-    @Test("odd bytes stay inside tokens; invalid UTF-8 becomes U+FFFD")
+    @Test("ASCII control bytes split; other odd bytes stay inside tokens; invalid UTF-8 becomes U+FFFD")
     func oddBytes() {
-        #expect(Tokenizer.tokens("a{b}c \u{0}nul \u{200F}rtl 🎉") == ["a{b}c", "\u{0}nul", "\u{200F}rtl", "🎉"])
+        #expect(Tokenizer.tokens("a{b}c \u{0}nul \u{200F}rtl 🎉") == ["a{b}c", "nul", "\u{200F}rtl", "🎉"])
+        #expect(Tokenizer.tokens("a\u{1}b\u{7F}c\u{1B}d") == ["a", "b", "c", "d"])
         #expect(Tokenizer.tokens(utf8: [0x61, 0xFF, 0x62, 0x20, 0x63]) == ["a\u{FFFD}b", "c"])
     }
 
@@ -81,14 +82,14 @@ struct CoreTests {
         #expect(filter.skipReason(authorFlags: [], messageType: 0, tokens: []) == .empty)
     }
 
-    @Test("the byte-level tokenizer splits exactly where Unicode's whitespace property says")
+    @Test("the byte-level tokenizer splits where Unicode's whitespace property says and on every ASCII control")
     func matchesUnicodeWhitespace() {
-        // The reference: split on every scalar whose White_Space property is true.
+        // The reference: split on every scalar whose White_Space property is true, and on U+0000–U+0020 and U+007F.
         func reference(_ text: String) -> [String] {
             var tokens: [String] = []
             var current = String.UnicodeScalarView()
             for scalar in text.unicodeScalars {
-                if scalar.properties.isWhitespace {
+                if scalar.properties.isWhitespace || scalar.value <= 0x20 || scalar.value == 0x7F {
                     if !current.isEmpty { tokens.append(Tokenizer.normalized(String(current))); current = String.UnicodeScalarView() }
                 } else {
                     current.append(scalar)
