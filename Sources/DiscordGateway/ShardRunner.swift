@@ -57,6 +57,10 @@ final class ShardRunner: Sendable {
     private let stopping = Atomic<Bool>(false)
     private let counters = Mutex(Statistics())
     private let live = Atomic<Bool>(false)
+    /// An identify is out and its READY not yet queued with its checkpoint.
+    private let identifying = Atomic<Bool>(false)
+    /// How long ``stop()`` lets an identify that is out reach its READY.
+    static let readyWait: Duration = .seconds(5)
 
     /// Whether the shard's current connection is identified or resumed.
     var isReady: Bool { self.live.load(ordering: .relaxed) }
@@ -104,6 +108,7 @@ final class ShardRunner: Sendable {
             let identifiesBefore = self.counters.withLock { $0.identifies }
             let closeCode = await self.connectOnce(url: url ?? self.settings.gatewayURL)
             self.live.store(false, ordering: .relaxed)
+            self.identifying.store(false, ordering: .relaxed)
             if !resume, self.counters.withLock({ $0.identifies }) == identifiesBefore {
                 // The slot was taken for an identify that never went out: let the bucket's next shard have it.
                 try? await self.store.releaseIdentifySlot(
@@ -167,7 +172,13 @@ final class ShardRunner: Sendable {
 
     /// Asks the shard to stop: it closes its connection with a resumable code (the session stays in Redis for
     /// whoever runs this shard next) and ``run()`` returns.
+    /// An identify that is out is first let reach its READY (for ``readyWait`` at most): stopped before it, the
+    /// session would be lost and whoever runs the shard next would have to identify again.
     func stop() async {
+        let deadline = ContinuousClock.now + Self.readyWait
+        while self.identifying.load(ordering: .relaxed) && ContinuousClock.now < deadline {
+            guard await Backoff.sleep(.milliseconds(20)) else { break }
+        }
         self.stopping.store(true, ordering: .relaxed)
         let actions = self.machine.withLock { $0.shutdown() }
         if let outbound = self.outbound.withLock({ $0 }) {
@@ -310,6 +321,7 @@ final class ShardRunner: Sendable {
             case .identify:
                 self.counters.withLock { $0.identifies += 1 }
                 GatewayMetrics.identifies.increment()
+                self.identifying.store(true, ordering: .relaxed)
                 await self.send(
                     .identify(token: self.settings.token, intents: self.settings.intents, shard: self.shard,
                               name: self.settings.name),
@@ -357,6 +369,7 @@ final class ShardRunner: Sendable {
                         shard: self.shard.id, event: self.withThreadParent(event), checkpoint: index == events.count - 1 ? checkpoint : nil, fence: self.fence
                     )
                 }
+                if checkpoint != nil { self.identifying.store(false, ordering: .relaxed) }
             case .close(let code, let reason):
                 if reason.hasPrefix("zombie") {
                     self.counters.withLock { $0.zombies += 1 }

@@ -50,7 +50,8 @@ struct TrainerProcessTests {
         let log = try FileHandle(forWritingTo: logFile)
         let paused = try Self.startTrainer(log: log)
         defer { kill(paused.processIdentifier, SIGKILL) }
-        let deadline = ContinuousClock.now + .seconds(60)
+        // Each wait has a deadline of its own: under the full suite on two cores one phase can take most of a minute.
+        var deadline = ContinuousClock.now + .seconds(60)
         while try await harness.store.totals(guild: guild)["messages", default: 0] == 0 && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -59,6 +60,7 @@ struct TrainerProcessTests {
         #expect(applied > 0 && applied < texts.count, "paused mid-work (\(applied) of \(texts.count) applied)")
         let epochBefore = try await harness.redis.send(RedisCommand("HGET", .string(ChainKeys(guild: guild).meta), "epoch")).string
         let successor = try Self.startTrainer()
+        deadline = ContinuousClock.now + .seconds(120)
         while try await harness.backlog() > 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
         #expect(try await harness.store.totals(guild: guild)["messages"] == texts.count, "the successor applied the rest")
         let epochAfter = try await harness.redis.send(RedisCommand("HGET", .string(ChainKeys(guild: guild).meta), "epoch")).string
@@ -68,6 +70,7 @@ struct TrainerProcessTests {
         let more = corpus(messages: 500, seed: 97)
         for text in more { model.add(text) }
         try await harness.log.append(more.enumerated().map { ChainHarness.create(guild, id: "t\($0)", $1) })
+        deadline = ContinuousClock.now + .seconds(120)
         while try await harness.backlog() > 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
         try await Task.sleep(for: .seconds(3))
         while try await harness.backlog() > 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
