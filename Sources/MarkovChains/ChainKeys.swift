@@ -81,6 +81,10 @@ public struct ChainKeys: Sendable, Hashable {
         /// Fencing and progress (`meta`): rewritten with only those fields when the guild's data goes, so that a
         /// paused owner can never write the guild again and applied entries are not applied twice.
         case meta
+        /// Short-lived markers that hold no text (a trigger answered, a channel's cooldown, a command's outcome):
+        /// each is written with an expiry and left to it, also by deletion (they cannot be found without scanning
+        /// the keyspace).
+        case markers
     }
 
     /// A key family of a guild.
@@ -127,6 +131,10 @@ public struct ChainKeys: Sendable, Hashable {
         Family(suffix: ":ask-roles", owner: .responder, summary: "roles allowed to ask"),
         Family(suffix: ":backfill", owner: .responder, summary: "the history backfill", portable: false),
         Family(suffix: ":backfill:queue", owner: .responder, summary: "channels the backfill has left", portable: false),
+        Family(suffix: ":backfill:lease", owner: .responder, summary: "the responder running the backfill (expires)", portable: false),
+        Family(suffix: ":answered:*", owner: .markers, summary: "a trigger answered (expires after a day)", portable: false),
+        Family(suffix: ":cooldown:*", owner: .markers, summary: "the bot spoke unasked in a channel (expires after the cooldown)", portable: false),
+        Family(suffix: ":reply:*", owner: .markers, summary: "a command's outcome for whoever waits on it (expires after 10 minutes)", portable: false),
         Family(suffix: ":cfg", owner: .responder, summary: "(earlier versions) settings", portable: false),
         Family(suffix: ":c:*", owner: .chain, summary: "layout 1 bucket hashes", portable: false),
         Family(suffix: ":big", owner: .chain, summary: "layout 1 set of big states", portable: false),

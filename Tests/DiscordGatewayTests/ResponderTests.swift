@@ -332,6 +332,97 @@ extension GatewayIntegrationTests {
             await fake.stop()
         }
 
+        @Test("a guild that used every feature, then /delete-data and the bot's removal: SCAN finds only the tombstone, the opt-outs /delete-data keeps, and markers that expire by themselves")
+        func deletionLeavesNothing() async throws {
+            let harness = try await GatewayHarness()
+            let fake = try await GatewayHarness.fake()
+            let (group, task, responder) = try await self.start(harness, fake, cooldown: .seconds(60))
+            let store = ChainStore(redis: harness.redis, stateSize: 2)
+            let guild = Snowflake(String(Self.guild))!
+            let keys = ChainKeys(guild: guild)
+            let admin = "8"
+            // Channels (one age-restricted) and a thread; settings of every kind.
+            _ = try fake.dispatch(shard: 0, event: "GUILD_CREATE", json: #"""
+                {"id":"\#(Self.guild)","channels":[{"id":"\#(Self.channel)","type":0},{"id":"8","type":0,"nsfw":true}],
+                 "threads":[{"id":"83","type":11,"parent_id":"\#(Self.channel)","guild_id":"\#(Self.guild)"}]}
+                """#)
+            try await GatewayHarness.eventually("the channels and the thread recorded") {
+                let thread = try await harness.redis.send(RedisCommand("HGET", .string(keys.threads), "83")).string
+                return try await store.isAgeRestricted(channel: Snowflake("8")!, guild: guild) && thread == String(Self.channel)
+            }
+            try await store.setListening(true, channel: Snowflake("8")!, guild: guild)
+            try await store.setFilters([.links, .invites, .code], guild: guild)
+            func sub(_ action: String, _ name: String, _ type: Int, _ value: String) -> String {
+                #"[{"name":"\#(action)","type":1,"options":[{"name":"\#(name)","type":\#(type),"value":"\#(value)"}]}]"#
+            }
+            for (index, (name, options)) in [
+                ("blocklist", sub("add", "word", 3, "forbidden")),
+                ("autorespond", sub("add", "channel", 7, "8")),
+                ("chance", #"[{"name":"set","type":1,"options":[{"name":"percent","type":10,"value":1}]}]"#),
+                ("reply-channels", sub("add", "channel", 7, String(Self.channel))),
+                ("ask-roles", sub("add", "role", 8, "77")),
+                ("images", #"[{"name":"percent","type":10,"value":50}]"#),
+                ("purge-on-leave", #"[{"name":"enabled","type":5,"value":true}]"#),
+            ].enumerated() {
+                let answer = try await self.command(fake, id: 1100 + UInt64(index), name: name, options: options, permissions: admin)
+                #expect(answer != nil && answer?.contains("can do that") == false, "/\(name): \(answer ?? "")")
+            }
+            // Messages: plain, with an image, in the thread, in the age-restricted channel; a state with many
+            // successors (a big state, with its alias blob); an edit and a delete.
+            for index in 0..<80 { _ = try self.message(fake, 1200 + UInt64(index), "hub word\(index) follows") }
+            _ = try self.message(fake, 1300, "zebras with a picture", attachments: ["https://cdn.discordapp.com/attachments/7/1/z.png"])
+            _ = try self.message(fake, 1301, "zebras in the thread", channel: 83)
+            _ = try self.message(fake, 1302, "zebras after dark", author: 12, channel: 8)
+            let edited = try self.message(fake, 1303, "zebras before the edit")
+            try fake.dispatch(shard: 0, event: "MESSAGE_UPDATE", json: #"{"id":"\#(edited)","channel_id":"\#(Self.channel)","guild_id":"\#(Self.guild)","content":"zebras after the edit"}"#)
+            try await GatewayHarness.eventually("the messages learnt") { try await store.totals(guild: guild)["messages", default: 0] == 84 }
+            #expect(try await harness.redis.send(RedisCommand("SCARD", .string(keys.key(":bigs")))).int ?? 0 > 0, "a big state")
+            // A history backfill, answered triggers, a cooldown (auto-respond in 8) and a member who opted out.
+            fake.rest.addHistory(channel: Self.channel, (0..<20).map {
+                .init(id: ((UInt64(Date().timeIntervalSince1970 * 1000) - 1_420_070_400_000 - 86_400_000) << 22) + UInt64($0), author: 13, content: "history line \($0)")
+            })
+            let train = try await self.command(fake, id: 1400, name: "train", options: "[]", permissions: admin)
+            #expect(train?.contains("Reading the history") == true, "\(train ?? "")")
+            try await GatewayHarness.eventually("the backfill to finish", timeout: .seconds(60)) {
+                try await harness.redis.send(RedisCommand("HGET", .string(keys.backfill), "status")).string == "done"
+            }
+            _ = try self.message(fake, 1401, "!mark zebras")
+            _ = try self.message(fake, 1402, "zebras at night again", author: 12, channel: 8)
+            try await GatewayHarness.eventually("a reply and an unasked one") { responder.statistics.replies >= 1 && responder.statistics.unasked >= 1 }
+            let forgot = try await self.command(fake, id: 1403, name: "forget-me", options: "[]", permissions: "0", user: 12)
+            #expect(forgot?.hasPrefix("Forgot") == true, "\(forgot ?? "")")
+            let families = Set(try await harness.keys(matching: "\(keys.prefix)*").map { String($0.dropFirst(keys.prefix.count)) })
+            for touched in [":meta", ":b:0", ":bigs", ":m", ":h", ":img", ":threads", ":nsfw", ":listen", ":filters", ":purge-on-leave",
+                            ":optout", ":block", ":chance", ":autorespond", ":reply-channels", ":ask-roles", ":backfill"] {
+                #expect(families.contains(touched), "the workload wrote \(touched): \(families.sorted())")
+            }
+            #expect(families.contains { $0.hasPrefix(":x:") } && families.contains { $0.hasPrefix(":answered:") } && families.contains { $0.hasPrefix(":cooldown:") })
+
+            // Every key found after a deletion is declared in the registry: the tombstone, kept families, or a
+            // marker with an expiry.
+            func expectLeft(_ kept: Set<String>, _ comment: String) async throws {
+                for key in try await harness.keys(matching: "\(keys.prefix)*") {
+                    let suffix = String(key.dropFirst(keys.prefix.count))
+                    if kept.contains(suffix) { continue }
+                    let marker = ChainKeys.families.contains { $0.owner == .markers && suffix.hasPrefix($0.suffix.dropLast()) }
+                    let ttl = try await harness.redis.send(RedisCommand("PTTL", .string(key))).int ?? -1
+                    #expect(marker && ttl > 0 && ttl <= 86_400_000, "\(comment): \(key) is left (ttl \(ttl) ms)")
+                }
+                let meta = try await harness.redis.send(RedisCommand("HKEYS", .string(keys.meta))).array?.compactMap(\.string) ?? []
+                #expect(Set(meta).isSubset(of: ["epoch", "wseq", "layout", "deleted", "applied", "applied_bulk"]), "\(comment): \(meta)")
+            }
+            let deleted = try await self.command(fake, id: 1500, name: "delete-data", options: "[]", permissions: admin)
+            #expect(deleted?.hasPrefix("Deleted this server's model") == true, "\(deleted ?? "")")
+            try await expectLeft([":meta", ":optout"], "after /delete-data")
+            #expect(try await store.optedOutUsers(guild: guild) == ["12"], "/delete-data keeps opt-outs")
+            try fake.dispatch(shard: 0, event: "GUILD_DELETE", json: #"{"id":"\#(Self.guild)"}"#)
+            try await GatewayHarness.eventually("the guild's removal") { try await store.optedOutUsers(guild: guild).isEmpty }
+            try await expectLeft([":meta"], "after the bot's removal")
+            await group.triggerGracefulShutdown()
+            try await task.value
+            await fake.stop()
+        }
+
         @Test("GUILD_CREATE and CHANNEL_UPDATE mark age-restricted channels; what is learnt there is said only there (and in their threads)")
         func ageRestricted() async throws {
             let harness = try await GatewayHarness()

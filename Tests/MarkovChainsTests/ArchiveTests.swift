@@ -131,8 +131,10 @@ struct ArchiveTests {
         #expect(try await self.restore(cluster, path, into: other) == .restored(keys: summary.keys))
         #expect(try await self.observe(cluster, other) == before)
         try await cluster.delete(other)
+        try await cluster.expectOnlyTombstone(other, "a restored guild deleted leaves no restore marks, on the cluster")
         try await harness.delete(other)
         try await harness.delete(guild)
+        try await harness.expectOnlyTombstone(guild, "a restored guild deleted leaves no restore marks")
     }
 
     @Test("a restore into a guild with learnt messages is refused and changes nothing")

@@ -115,6 +115,18 @@ struct GatewayHarness {
         }
     }
 
+    /// Every key matching `pattern` (`SCAN`).
+    func keys(matching pattern: String) async throws -> [String] {
+        var keys: [String] = []
+        var cursor = "0"
+        repeat {
+            let reply = try await self.redis.send(RedisCommand("SCAN", .string(cursor), "MATCH", .string(pattern), "COUNT", 1000))
+            cursor = reply.array?[0].string ?? "0"
+            keys += (reply.array?[1].array ?? []).compactMap(\.string)
+        } while cursor != "0"
+        return keys
+    }
+
     /// Entries ever added to the streams (trimming does not lower it).
     func entriesAdded() async throws -> Int {
         var total = 0
