@@ -337,9 +337,10 @@ extension PartitionOwner {
             let event = item.event
             var effects: [Plan.Effect] = []
             /// Records the message's tokens and learns what the filters leave of them.
-            func learn(_ id: String, author: String, tokens: [String], image: String?, scope: ChainScope) {
+            /// `learnt`: what the filters leave of the tokens, when the caller has it already.
+            func learn(_ id: String, author: String, tokens: [String], learnt: [String]? = nil, image: String?, scope: ChainScope) {
                 let record = MessageRecord.learnt(author: author, tokens: tokens, filters: context.filters, scope: scope)
-                let learnt = record.learntTokens
+                let learnt = learnt ?? record.learntTokens
                 if !learnt.isEmpty {
                     effects.append(.learn(learnt, scope))
                     effects.append(.contentHash(MessageRecord.contentHash(learnt), 1))
@@ -382,23 +383,26 @@ extension PartitionOwner {
                 } else if !allowed, let channel = event.channelID?.rawValue {
                     allowed = context.listening.contains(channel) || threads[channel].map(context.listening.contains) == true
                 }
-                if known != nil || skip || !allowed || context.optedOut.contains(author) || tokens.isEmpty
-                    || context.filters.apply(to: tokens).contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
+                let refused = known != nil || skip || !allowed || context.optedOut.contains(author) || tokens.isEmpty
+                let learnt = refused ? [] : context.filters.apply(to: tokens)
+                if refused || learnt.contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
                     plan.skipped += 1
                 } else {
                     // Text of an age-restricted channel (or a thread of one) is learnt into that scope only.
                     let channel = event.channelID?.rawValue
                     let parent = event.threadParent?.rawValue ?? channel.flatMap { threads[$0] }
                     let scope: ChainScope = [channel, parent].contains { $0.map(restricted.contains) == true } ? .ageRestricted : .guild
-                    learn(id, author: author, tokens: tokens, image: event.attachments.first(where: ChainEvent.isImage), scope: scope)
+                    learn(id, author: author, tokens: tokens, learnt: learnt, image: event.attachments.first(where: ChainEvent.isImage), scope: scope)
                     plan.created += 1
                 }
             case .update:
                 guard let id = event.messageID, let content = event.content else { plan.skipped += 1; break }
                 var tokens = Tokenizer.tokens(content)
+                var learnt = context.filters.apply(to: tokens)
                 if self.trainer.filter.skipReason(authorFlags: event.authorFlags, messageType: event.messageType, tokens: tokens) != nil
-                    || context.filters.apply(to: tokens).contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
+                    || learnt.contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
                     tokens = []
+                    learnt = []
                 }
                 guard let existing = record(id) else {
                     plan.rejected.append((item.entry, "the message record of \(id) is malformed"))
@@ -424,7 +428,7 @@ extension PartitionOwner {
                             effects.append(.image(id: id, url: nil))
                             records[id] = .some(nil)
                         } else {
-                            learn(id, author: author, tokens: tokens, image: nil, scope: scope)
+                            learn(id, author: author, tokens: tokens, learnt: learnt, image: nil, scope: scope)
                         }
                         plan.updated += 1
                     }

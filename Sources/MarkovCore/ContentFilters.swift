@@ -70,12 +70,15 @@ public struct ContentFilters: OptionSet, Sendable, Hashable, CustomStringConvert
         let inCode = self.contains(.code) ? Self.codeTokens(tokens) : []
         var kept: [String] = []
         kept.reserveCapacity(tokens.count)
+        let linksOrInvites = self.contains(.links) || self.contains(.invites)
         for (index, token) in tokens.enumerated() {
             if inCode.contains(index) { continue }
-            let lower = token.lowercased()
-            if self.contains(.invites), Self.invitePrefixes.contains(where: { lower.contains($0) }) { continue }
-            if self.contains(.links), lower.contains("http://") || lower.contains("https://") { continue }
-            if self.contains(.emoji) || self.contains(.mentions) {
+            // Every link and invite holds a `/`: most tokens are passed over on that one scan.
+            if linksOrInvites, token.utf8.contains(UInt8(ascii: "/")) {
+                if self.contains(.invites), Self.invitePrefixes.contains(where: { Self.contains(token.utf8, $0) }) { continue }
+                if self.contains(.links), Self.linkSchemes.contains(where: { Self.contains(token.utf8, $0) }) { continue }
+            }
+            if self.contains(.emoji) || self.contains(.mentions), token.utf8.contains(UInt8(ascii: "<")) {
                 let marks = Self.angleMarks(token)
                 if self.contains(.emoji), marks.emoji { continue }
                 if self.contains(.mentions), marks.mention { continue }
@@ -85,7 +88,27 @@ public struct ContentFilters: OptionSet, Sendable, Hashable, CustomStringConvert
         return kept
     }
 
-    private static let invitePrefixes = ["discord.gg/", "discord.com/invite/", "discordapp.com/invite/"]
+    private static let invitePrefixes: [[UInt8]] = ["discord.gg/", "discord.com/invite/", "discordapp.com/invite/"].map { Array($0.utf8) }
+    private static let linkSchemes: [[UInt8]] = ["http://", "https://"].map { Array($0.utf8) }
+
+    /// Whether `text` contains `needle` (lowercase ASCII), ASCII letters compared case-insensitively.
+    static func contains(_ text: String.UTF8View, _ needle: [UInt8]) -> Bool {
+        let bytes = Array(text)
+        guard bytes.count >= needle.count, let first = needle.first else { return needle.isEmpty }
+        var start = 0
+        while start + needle.count <= bytes.count {
+            if Self.lower(bytes[start]) == first {
+                var index = 1
+                while index < needle.count, Self.lower(bytes[start + index]) == needle[index] { index += 1 }
+                if index == needle.count { return true }
+            }
+            start += 1
+        }
+        return false
+    }
+
+    @inline(__always)
+    private static func lower(_ byte: UInt8) -> UInt8 { byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte }
 
     /// Whether a token holds a custom emoji (`<:name:id>`, `<a:name:id>`) or a mention (`<@id>`, `<@!id>`,
     /// `<@&id>`, `<#id>`).

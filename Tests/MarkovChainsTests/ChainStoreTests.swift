@@ -98,6 +98,31 @@ struct ChainStoreTests {
         try await harness.delete(guild)
     }
 
+    @Test("guilds of one partition applied in one batch each read their own records and settings")
+    func guildsOfOneBatch() async throws {
+        let harness = try ChainHarness()
+        defer { harness.redis.shutdown() }
+        // Three guilds in the same partition, so that one trainer batch holds a run of each.
+        let first = ChainHarness.newGuild()
+        let partitions = UInt64(harness.log.keys.partitions)
+        let guilds = [first, Snowflake(String(first.value + partitions))!, Snowflake(String(first.value + 2 * partitions))!]
+        // Guild 0 keeps user 1 out, guild 1 user 2, guild 2 nobody; guild 1 strips nothing, the others as stored.
+        _ = try await harness.forget(Snowflake("1")!, guild: guilds[0])
+        _ = try await harness.forget(Snowflake("2")!, guild: guilds[1])
+        var events: [ChainEvent] = []
+        for (index, guild) in guilds.enumerated() {
+            for user in 1...3 { events.append(ChainHarness.create(guild, id: "g\(index)u\(user)", "user \(user) writes in guild \(index)", author: String(user))) }
+        }
+        try await harness.train(events)
+        // Again, in one batch: every guild finds its own records and learns nothing twice.
+        let again = try await harness.train(events.shuffled())
+        #expect(again.created == 0)
+        for (index, expected) in [2, 2, 3].enumerated() {
+            #expect(try await harness.store.totals(guild: guilds[index])["messages"] == expected, "guild \(index)")
+        }
+        for guild in guilds { try await harness.delete(guild) }
+    }
+
     @Test("edits, deletes, bulk deletes and a user purge return the counts to what they were without the messages")
     func editsAndDeletes() async throws {
         let harness = try ChainHarness()

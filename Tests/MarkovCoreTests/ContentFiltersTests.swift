@@ -14,6 +14,8 @@ struct ContentFiltersTests {
         #expect(stripped(.links, text) == "see and or discord.gg/abc123 and discordapp.com/invite/q ok")
         #expect(stripped(.invites, text) == "see https://example.com/a?b=1 and (http://x.org) or and HTTPS://LOUD.example ok")
         #expect(stripped(.defaults, text) == "see and or and ok")
+        // Schemes and invite hosts in any ASCII case; a scheme anywhere in the token.
+        #expect(stripped(.defaults, "Discord.GG/Abc hTtP://x (https://y) see:https://z é/ https:/") == "é/ https:/")
         // A word that only looks like one stays.
         #expect(stripped(.defaults, "http is a protocol; discord.gg is a domain") == "http is a protocol; discord.gg is a domain")
     }

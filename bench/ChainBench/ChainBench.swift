@@ -109,6 +109,8 @@ struct TrainBench: AsyncParsableCommand {
     @Option(help: "Trainers running at once (in this process; each is a consumer like a separate process).")
     var trainers = 1
     @Option(help: "Spread the corpus over this many guilds (consecutive ids from --guild).") var guilds = 1
+    @Option(help: "Training filters: `default` (links and invites stripped) or `none`, with the training-filters flag on; unset: as the flag stands (off: nothing stripped, the filters not read).")
+    var filters: String?
 
     func run() async throws {
         let (redis, store, log) = try self.common.make()
@@ -118,6 +120,11 @@ struct TrainBench: AsyncParsableCommand {
         let guild = guildIDs[0]
         try await store.prepare()
         for id in guildIDs { try await Common.wipe(id, redis: redis) }
+        if let filters = self.filters {
+            guard filters == "default" || filters == "none" else { throw ValidationError("--filters is default or none") }
+            try await FeatureFlags.set(.trainingFilters, to: .all, redis: redis)
+            for id in guildIDs where filters == "none" { try await store.setFilters([], guild: id) }
+        }
         try await log.ensureGroup("trainers", lanes: EventLog.Lane.allCases)
         let lines = try String(contentsOfFile: self.corpus, encoding: .utf8).split(separator: "\n").map(String.init)
         let events = lines.enumerated().map { index, text in
@@ -152,6 +159,8 @@ struct TrainBench: AsyncParsableCommand {
             while trainers.contains(where: { $0.compactionsPending > 0 }) { try await Task.sleep(for: .milliseconds(20)) }
             group.cancelAll()
         }
+        // The flag as the other figures expect it: off.
+        if self.filters != nil { try await FeatureFlags.set(.trainingFilters, to: .off, redis: redis) }
         var totals: [String: Int] = [:]
         for id in guildIDs {
             for (key, value) in try await store.totals(guild: id) { totals[key, default: 0] += value }
