@@ -193,18 +193,6 @@ public final class Responder: Service, Sendable {
         }
     }
 
-    /// Whether the channel is age-restricted; `false` when that cannot be read (text learnt in age-restricted
-    /// channels is then not said: the safe side).
-    private func isAgeRestricted(channel: Snowflake?, parent: Snowflake?, guild: Snowflake) async -> Bool {
-        guard let channel else { return false }
-        do {
-            return try await self.composer.store.isAgeRestricted(channel: channel, parent: parent, guild: guild)
-        } catch {
-            self.logger.warning("cannot read the channel's age restriction", metadata: ["guild": "\(guild)", "error": "\(error)"])
-            return false
-        }
-    }
-
     /// Counts and logs a failed answer; returns whether the entry is done with (false: try again later).
     private func failed(_ what: String, error: any Error, guild: Snowflake, trigger: String) -> Bool {
         self.counters.withLock { $0.failures += 1 }
@@ -242,7 +230,9 @@ public final class Responder: Service, Sendable {
         guard let trigger, self.isFresh(event) else { return true }
         let marker = Self.answeredMarker(guild: event.guildID, trigger: messageID)
         do throws(any Error) {
-            let (answered, rules) = try await self.precheck(marker, guild: event.guildID, channel: channel, roles: event.authorRoles)
+            let (answered, rules) = try await self.precheck(
+                marker, guild: event.guildID, channel: channel, parent: event.threadParent, roles: event.authorRoles
+            )
             if answered { return true }
             // Outside the channels singled out, or from someone without a role allowed to ask: no answer.
             let owner = event.authorID.map { self.configuration.owners.contains($0.rawValue) } ?? false
@@ -250,8 +240,7 @@ public final class Responder: Service, Sendable {
                 self.counters.withLock { $0.restricted += 1 }
                 return true
             }
-            let restricted = await self.isAgeRestricted(channel: channel, parent: event.threadParent, guild: event.guildID)
-            let text = try await self.composer.reply(to: trigger.request, guild: event.guildID, ageRestricted: restricted)
+            let text = try await self.composer.reply(to: trigger.request, guild: event.guildID, ageRestricted: rules.ageRestricted)
             var message = CreateMessage(content: text, replyTo: messageID, nonce: Self.nonce(for: messageID), tts: trigger.tts)
             if case .sentence = trigger.request {
                 message.embeds = await self.image(guild: event.guildID, trigger: messageID, chance: rules.imageChance)
@@ -311,8 +300,7 @@ public final class Responder: Service, Sendable {
                     defer { unaskedSettings.forget(guild: guild) } // the command may have changed them
                     return try await commands.run(command, interaction: interaction, guild: guild)
                 }
-                let restricted = await self.isAgeRestricted(channel: interaction.channelID, parent: nil, guild: guild)
-                return try await composer.reply(to: trigger.request, guild: guild, ageRestricted: restricted)
+                return try await composer.reply(to: trigger.request, guild: guild, ageRestricted: rules.ageRestricted)
             }
             let started = ContinuousClock.now
             let quick = await Self.result(of: generation, within: self.configuration.interactionDeferAfter)
@@ -394,7 +382,7 @@ public final class Responder: Service, Sendable {
     /// In one round trip: whether a trigger was answered already (counted as a skipped duplicate), and the guild's
     /// restrictions for it.
     private func precheck(
-        _ marker: String, guild: Snowflake, channel: Snowflake, roles: [Snowflake]
+        _ marker: String, guild: Snowflake, channel: Snowflake, parent: Snowflake? = nil, roles: [Snowflake]
     ) async throws(RedisError) -> (answered: Bool, rules: ResponseSettings.ReplyRules) {
         let commands = [RedisCommand("EXISTS", .string(marker))]
             + ResponseSettings.ruleCommands(guild: guild, channel: channel, roles: roles)
@@ -402,7 +390,7 @@ public final class Responder: Service, Sendable {
         for result in await self.log.redis.pipeline(commands) { replies.append(try result.get()) }
         let answered = replies[0].int == 1
         if answered { self.counters.withLock { $0.duplicatesSkipped += 1 } }
-        return (answered, ResponseSettings.rules(from: replies.dropFirst(), channel: channel))
+        return (answered, ResponseSettings.rules(from: replies.dropFirst(), channel: channel, parent: parent))
     }
 
     /// An image the guild posted, for a reply that wins the image chance (decided by the trigger's id, so a

@@ -34,6 +34,9 @@ public struct ResponseSettings: Sendable {
         public var roleAllowed = true
         /// The chance, in parts per million, that the reply carries an image the guild posted.
         public var imageChance = 0
+        /// The channel (or the thread's channel) is age-restricted: the reply may say what was learnt in such
+        /// channels (docs/responder.md).
+        public var ageRestricted = false
         public init() {}
     }
 
@@ -50,19 +53,24 @@ public struct ResponseSettings: Sendable {
             RedisCommand("HGET", .string(ChainKeys(guild: guild).threads), .string(channel.rawValue)),
             RedisCommand("SCARD", .string(askRoles)),
             RedisCommand("SMISMEMBER", [.string(askRoles)] + roles.map { .string($0.rawValue) }),
+            RedisCommand("SMEMBERS", .string(ChainKeys(guild: guild).ageRestricted)),
         ]
     }
 
-    static func rules(from replies: ArraySlice<RedisReply>, channel: Snowflake) -> ReplyRules {
+    /// `parent`: the thread's channel when the event names it (a thread announced moments ago may not be recorded
+    /// yet).
+    static func rules(from replies: ArraySlice<RedisReply>, channel: Snowflake, parent known: Snowflake? = nil) -> ReplyRules {
         let values = Array(replies)
         var rules = ReplyRules()
-        guard values.count >= 5 else { return rules }
+        guard values.count >= 6 else { return rules }
         rules.imageChance = values[0].string.flatMap { Int($0) } ?? 0
         let channels = Set((values[1].array ?? []).compactMap(\.string))
         let parent = values[2].string
         rules.channelAllowed = channels.isEmpty || channels.contains(channel.rawValue) || parent.map(channels.contains) == true
         let memberships = (values[4].array ?? []).map { $0.int == 1 }
         rules.roleAllowed = values[3].int == 0 || memberships.contains(true)
+        let restricted = Set((values[5].array ?? []).compactMap(\.string))
+        rules.ageRestricted = restricted.contains(channel.rawValue) || (known?.rawValue ?? parent).map(restricted.contains) == true
         return rules
     }
 
