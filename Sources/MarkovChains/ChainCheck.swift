@@ -107,10 +107,13 @@ public struct ChainCheck: Sendable {
         if token.isEmpty {
             expected = 0
         } else {
-            var words = state.split(separator: 0x20, omittingEmptySubsequences: false).map(Array.init)
+            // A state of a scope other than the guild's starts with its marker byte (``ChainScope``), which the next
+            // state keeps.
+            let marker = state.first.map { $0 < 0x20 } == true ? [state[0]] : []
+            var words = state.dropFirst(marker.count).split(separator: 0x20, omittingEmptySubsequences: false).map(Array.init)
             words.removeFirst()
             words.append(token)
-            expected = ChainLayout.stateHash(Array(words.joined(separator: [0x20])))
+            expected = ChainLayout.stateHash(marker + Array(words.joined(separator: [0x20])))
         }
         if hash != expected {
             report.problem("state \"\(String(decoding: state, as: UTF8.self))\" → \"\(String(decoding: token, as: UTF8.self))\" carries the wrong next-state hash")

@@ -122,6 +122,11 @@ struct AgeRestrictedTests {
         try await harness.train(edits)
         let inspected = try await harness.store.state(["\u{1}", ""], guild: guild)
         #expect(inspected.successors.first { $0.token == "edited" }?.count == 100, "edits are learnt in the scope of the message")
+        // `markov inspect --check` reads both scopes as sound: a restricted state's successors lead to restricted states.
+        let report = try await ChainCheck(redis: harness.redis, guild: guild, stateSize: 2).run()
+        #expect(report.problems.isEmpty, "\(report.problems.prefix(5))")
+        let count = try await harness.store.totals(guild: guild)["count"]
+        #expect(report.states > 0 && report.count == count)
         let totals = try await harness.store.totals(guild: guild)
         #expect(totals["messages"] == 300 + 200)
         #expect(try await harness.forget(Snowflake("4")!, guild: guild) == 200)
