@@ -137,6 +137,26 @@ struct ArchiveTests {
         try await harness.expectOnlyTombstone(guild, "a restored guild deleted leaves no restore marks")
     }
 
+    @Test("record lines read back as the records they were written from: quotes, backslashes, control bytes, emoji, bytes that are not UTF-8")
+    func linesRoundTrip() throws {
+        let odd: [[UInt8]] = [
+            Array("plain".utf8), Array(#"a "quoted" \ back\slash"#.utf8), [0x00, 0x01, 0x09, 0x0A, 0x0D, 0x1F, 0x7F], Array("é 😀 {g:1} /x".utf8),
+            [0xFF, 0xFE, 0x00], [0xC3], [], Array("\u{2028}".utf8),
+        ]
+        let records: [GuildArchive.Record] = [
+            .hash(suffix: Array(":b:3".utf8), entries: zip(odd, odd.reversed()).map { GuildArchive.Pair($0, $1) }),
+            .hash(suffix: Array(":h".utf8), entries: []),
+            .set(suffix: Array(":block".utf8), members: odd),
+            .string(suffix: Array(":filters".utf8), value: [0x80, 0x22]),
+            .string(suffix: Array(":x:\u{1}a b".utf8), value: Array("v\"".utf8)),
+        ]
+        for (index, record) in records.enumerated() {
+            let line = GuildArchive.line(record)
+            #expect(try JSONSerialization.jsonObject(with: Data(line)) is [String: Any], "line \(index) is JSON")
+            #expect(try GuildArchive.parse(line, number: index) == .record(record), "\(String(decoding: line, as: UTF8.self))")
+        }
+    }
+
     @Test("a restore into a guild with learnt messages is refused and changes nothing")
     func refusedIntoData() async throws {
         let harness = try ChainHarness()
