@@ -140,6 +140,8 @@ public enum GuildArchive {
             case 0x0A: line += [UInt8(ascii: "\\"), UInt8(ascii: "n")]
             case 0x0D: line += [UInt8(ascii: "\\"), UInt8(ascii: "r")]
             case 0x09: line += [UInt8(ascii: "\\"), UInt8(ascii: "t")]
+            case 0x08: line += [UInt8(ascii: "\\"), UInt8(ascii: "b")]
+            case 0x0C: line += [UInt8(ascii: "\\"), UInt8(ascii: "f")]
             case 0..<0x20:
                 line += Array(#"\u00"#.utf8) + [hex[Int(byte >> 4)], hex[Int(byte & 0x0F)]]
             default:
