@@ -368,7 +368,7 @@ extension GatewayIntegrationTests {
                 let counts = Dictionary(grouping: try await Self.holders(harness, shards: shardCount).values, by: { $0 }).mapValues(\.count)
                 return counts.count == 3 && counts.values.allSatisfy { (5...6).contains($0) }
             }
-            #expect(fake.identifies.count == shardCount, "one identify per shard")
+            #expect(fake.identifies.count == shardCount, "one identify per shard: \(fake.identifies.map(\.shard))")
 
             var sent: [String] = []
             var next = 0
@@ -433,7 +433,7 @@ extension GatewayIntegrationTests {
             try await GatewayHarness.eventually("every message in the log", timeout: .seconds(60)) {
                 Set(try await Self.messageIDs(harness).keys).isSuperset(of: sent)
             }
-            #expect(fake.identifies.count == shardCount, "every takeover and handover resumed; none identified")
+            #expect(fake.identifies.count == shardCount, "every takeover and handover resumed; none identified: \(fake.identifies.map(\.shard))")
             #expect(fake.violations.isEmpty, "\(fake.violations)")
             for process in processes { kill(process.processIdentifier, SIGTERM) }
             for process in processes {
