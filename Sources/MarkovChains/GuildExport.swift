@@ -67,25 +67,35 @@ public struct GuildExport: Sendable {
             suffixes += [ChainKeys.aliasSuffix(state), ChainKeys.pendingSuffix(state), ChainKeys.changesSuffix(state)].map { Array($0.utf8) }
         }
         progress(0, suffixes.count)
+        // A hundred keys at a time: their types in one pipeline, then their first pages (a whole string, a hash's or
+        // set's first page) in another; only keys bigger than a page are read on, one page after another.
         for start in stride(from: 0, to: suffixes.count, by: 100) {
             let batch = Array(suffixes[start..<min(suffixes.count, start + 100)])
-            let types = await self.redis.pipeline(batch.map { RedisCommand("TYPE", .bytes(Array(keys.prefix.utf8) + $0)) })
-            for (suffix, type) in zip(batch, types) {
-                let key = Array(keys.prefix.utf8) + suffix
-                switch try type.get().string {
+            let prefix = Array(keys.prefix.utf8)
+            let types = try await self.redis.pipeline(batch.map { RedisCommand("TYPE", .bytes(prefix + $0)) }).map { try $0.get().string }
+            let firsts = await self.redis.pipeline(zip(batch, types).map { suffix, type in
+                switch type {
+                case "string": RedisCommand("GET", .bytes(prefix + suffix))
+                case "hash": RedisCommand("HSCAN", .bytes(prefix + suffix), "0", "COUNT", .integer(Self.pageSize))
+                case "set": RedisCommand("SSCAN", .bytes(prefix + suffix), "0", "COUNT", .integer(Self.pageSize))
+                default: RedisCommand("PING")
+                }
+            })
+            for ((suffix, type), first) in zip(zip(batch, types), firsts) {
+                let key = prefix + suffix
+                switch type {
                 case "none":
                     continue
                 case "string":
-                    let value = try await self.redis.send(RedisCommand("GET", .bytes(key))).bytes ?? []
-                    try emit(GuildArchive.line(.string(suffix: suffix, value: value)))
+                    try emit(GuildArchive.line(.string(suffix: suffix, value: try first.get().bytes ?? [])))
                 case "hash":
-                    try await self.scan("HSCAN", key) { items in
+                    try await self.scan("HSCAN", key, first: try first.get()) { items in
                         var pairs: [GuildArchive.Pair] = []
                         for index in stride(from: 0, to: items.count - 1, by: 2) { pairs.append(GuildArchive.Pair(items[index], items[index + 1])) }
                         try emit(GuildArchive.line(.hash(suffix: suffix, entries: pairs)))
                     }
                 case "set":
-                    try await self.scan("SSCAN", key) { items in try emit(GuildArchive.line(.set(suffix: suffix, members: items))) }
+                    try await self.scan("SSCAN", key, first: try first.get()) { items in try emit(GuildArchive.line(.set(suffix: suffix, members: items))) }
                 case let other:
                     throw GuildArchive.FormatError("key \(String(decoding: key, as: UTF8.self)) is a \(other ?? "?"), which no key family of a guild is")
                 }
@@ -99,13 +109,21 @@ public struct GuildExport: Sendable {
         return summary
     }
 
-    /// Reads a hash or set a page at a time; `page` hears each non-empty page's items (field, value, … for hashes).
-    private func scan(_ command: String, _ key: [UInt8], page: ([[UInt8]]) throws -> Void) async throws {
+    /// Reads a hash or set a page at a time, from its `first` page when that was read already; `page` hears each
+    /// non-empty page's items (field, value, … for hashes).
+    private func scan(_ command: String, _ key: [UInt8], first: RedisReply? = nil, page: ([[UInt8]]) throws -> Void) async throws {
+        var reply = first
         var cursor = "0"
         repeat {
-            let reply = try await self.redis.send(RedisCommand(command, .bytes(key), .string(cursor), "COUNT", .integer(Self.pageSize)))
-            guard let parts = reply.array, parts.count == 2, let next = parts[0].string else {
-                throw RedisError(.protocolError, "\(command) answered \(reply)")
+            let current: RedisReply
+            if let read = reply {
+                current = read
+                reply = nil
+            } else {
+                current = try await self.redis.send(RedisCommand(command, .bytes(key), .string(cursor), "COUNT", .integer(Self.pageSize)))
+            }
+            guard let parts = current.array, parts.count == 2, let next = parts[0].string else {
+                throw RedisError(.protocolError, "\(command) answered \(current)")
             }
             cursor = next
             let items = (parts[1].array ?? []).compactMap(\.bytes)
