@@ -53,6 +53,12 @@ public enum SHA1 {
     /// The five state words after hashing `bytes`, without allocating on the heap for short inputs: the padded
     /// message is assembled block by block in a 64-byte buffer.
     static func words(_ bytes: some Collection<UInt8>) -> (UInt32, UInt32, UInt32, UInt32, UInt32) {
+        // Read through a buffer: iterating a generic collection byte by byte was most of the time on long inputs.
+        if let words = bytes.withContiguousStorageIfAvailable(Self.words(buffer:)) { return words }
+        return Array(bytes).withUnsafeBufferPointer(Self.words(buffer:))
+    }
+
+    private static func words(buffer bytes: UnsafeBufferPointer<UInt8>) -> (UInt32, UInt32, UInt32, UInt32, UInt32) {
         var h: (UInt32, UInt32, UInt32, UInt32, UInt32) = (0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0)
         let length = bytes.count
         let bitLength = UInt64(length) * 8
@@ -60,14 +66,11 @@ public enum SHA1 {
         let blocks = (length + 8) / 64 + 1
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { block in
             withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 80) { w in
-                var iterator = bytes.makeIterator()
-                var consumed = 0
                 for index in 0..<blocks {
                     for offset in 0..<64 {
                         let position = index * 64 + offset
                         if position < length {
-                            block[offset] = iterator.next()!
-                            consumed += 1
+                            block[offset] = bytes[position]
                         } else if position == length {
                             block[offset] = 0x80
                         } else {
