@@ -8,6 +8,8 @@ import NIOWebSocket
 final class FakeSession: Sendable {
     let id: String
     let shard: Int
+    /// The intents it was identified with.
+    let intents: Int
     private struct State {
         var sequence = 0
         var sent: [(sequence: Int, payload: String)] = []
@@ -15,9 +17,10 @@ final class FakeSession: Sendable {
     }
     private let state = NIOLockedValueBox(State())
 
-    init(id: String, shard: Int) {
+    init(id: String, shard: Int, intents: Int) {
         self.id = id
         self.shard = shard
+        self.intents = intents
     }
 
     func attach(_ connection: FakeConnection) { self.state.withLockedValue { $0.connection = connection } }

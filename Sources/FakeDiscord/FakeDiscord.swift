@@ -172,14 +172,20 @@ public final class FakeDiscord: Sendable {
 
     // MARK: - Dispatches
 
-    /// Sends a dispatch on a shard's session (buffered for replay; sent now when connected). Returns its seq.
+    /// Sends a dispatch on a shard's session (buffered for replay; sent now when connected). Returns its seq, or nil
+    /// when the session's intents do not receive the event (as Discord, which sends GUILD_MEMBER_REMOVE only to
+    /// sessions identified with GUILD_MEMBERS).
     @discardableResult
-    public func dispatch(shard: Int, event: String, json: String) throws -> Int {
+    public func dispatch(shard: Int, event: String, json: String) throws -> Int? {
         guard let session = self.state.withLockedValue({ $0.currentSession[shard] }) else {
             throw FakeDiscordError("no session on shard \(shard)")
         }
+        if let intent = Self.intents[event], session.intents & intent.rawValue == 0 { return nil }
         return session.dispatch(event: event, json: json)
     }
+
+    /// The intent a dispatch needs, for the events the fake sends that need one beyond what every bot identifies with.
+    static let intents: [String: GatewayIntents] = ["GUILD_MEMBER_REMOVE": .guildMembers]
 
     /// A MESSAGE_CREATE payload's `d`.
     public static func messageJSON(id: UInt64, channel: UInt64, guild: UInt64, author: UInt64, content: String,
@@ -290,7 +296,7 @@ public final class FakeDiscord: Sendable {
             return ok
         }
         guard accepted else { return connection.send("{\"op\":9,\"d\":false}") }
-        let session = FakeSession(id: UUID().uuidString.lowercased(), shard: shard)
+        let session = FakeSession(id: UUID().uuidString.lowercased(), shard: shard, intents: intents)
         self.state.withLockedValue { state in
             // Two live sessions of one shard: two processes hold it.
             if let live = state.connections[shard], live !== connection, live.channel.isActive {
