@@ -112,23 +112,19 @@ public struct GuildExport: Sendable {
     /// Reads a hash or set a page at a time, from its `first` page when that was read already; `page` hears each
     /// non-empty page's items (field, value, … for hashes).
     private func scan(_ command: String, _ key: [UInt8], first: RedisReply? = nil, page: ([[UInt8]]) throws -> Void) async throws {
-        var reply = first
-        var cursor = "0"
-        repeat {
-            let current: RedisReply
-            if let read = reply {
-                current = read
-                reply = nil
-            } else {
-                current = try await self.redis.send(RedisCommand(command, .bytes(key), .string(cursor), "COUNT", .integer(Self.pageSize)))
+        func read(_ cursor: String) async throws(RedisError) -> RedisReply {
+            try await self.redis.send(RedisCommand(command, .bytes(key), .string(cursor), "COUNT", .integer(Self.pageSize)))
+        }
+        var reply = if let first { first } else { try await read("0") }
+        while true {
+            guard let parts = reply.array, parts.count == 2, let next = parts[0].string else {
+                throw RedisError(.protocolError, "\(command) answered \(reply)")
             }
-            guard let parts = current.array, parts.count == 2, let next = parts[0].string else {
-                throw RedisError(.protocolError, "\(command) answered \(current)")
-            }
-            cursor = next
             let items = (parts[1].array ?? []).compactMap(\.bytes)
             if !items.isEmpty { try page(items) }
-        } while cursor != "0"
+            guard next != "0" else { return }
+            reply = try await read(next)
+        }
     }
 
     private func members(_ key: String) async throws -> [[UInt8]] {

@@ -398,9 +398,9 @@ extension PartitionOwner {
             case .update:
                 guard let id = event.messageID, let content = event.content else { plan.skipped += 1; break }
                 var tokens = Tokenizer.tokens(content)
-                var learnt = context.filters.apply(to: tokens)
-                if self.trainer.filter.skipReason(authorFlags: event.authorFlags, messageType: event.messageType, tokens: tokens) != nil
-                    || learnt.contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
+                let skip = self.trainer.filter.skipReason(authorFlags: event.authorFlags, messageType: event.messageType, tokens: tokens) != nil
+                var learnt = skip ? [] : context.filters.apply(to: tokens)
+                if skip || learnt.contains(where: { $0.utf8.count > ChainLayout.maxTokenLength }) {
                     tokens = []
                     learnt = []
                 }

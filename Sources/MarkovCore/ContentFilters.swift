@@ -75,8 +75,9 @@ public struct ContentFilters: OptionSet, Sendable, Hashable, CustomStringConvert
             if inCode.contains(index) { continue }
             // Every link and invite holds a `/`: most tokens are passed over on that one scan.
             if linksOrInvites, token.utf8.contains(UInt8(ascii: "/")) {
-                if self.contains(.invites), Self.invitePrefixes.contains(where: { Self.contains(token.utf8, $0) }) { continue }
-                if self.contains(.links), Self.linkSchemes.contains(where: { Self.contains(token.utf8, $0) }) { continue }
+                let bytes = Array(token.utf8)
+                if self.contains(.invites), Self.invitePrefixes.contains(where: { Self.contains(bytes, $0) }) { continue }
+                if self.contains(.links), Self.linkSchemes.contains(where: { Self.contains(bytes, $0) }) { continue }
             }
             if self.contains(.emoji) || self.contains(.mentions), token.utf8.contains(UInt8(ascii: "<")) {
                 let marks = Self.angleMarks(token)
@@ -91,9 +92,8 @@ public struct ContentFilters: OptionSet, Sendable, Hashable, CustomStringConvert
     private static let invitePrefixes: [[UInt8]] = ["discord.gg/", "discord.com/invite/", "discordapp.com/invite/"].map { Array($0.utf8) }
     private static let linkSchemes: [[UInt8]] = ["http://", "https://"].map { Array($0.utf8) }
 
-    /// Whether `text` contains `needle` (lowercase ASCII), ASCII letters compared case-insensitively.
-    static func contains(_ text: String.UTF8View, _ needle: [UInt8]) -> Bool {
-        let bytes = Array(text)
+    /// Whether `bytes` contain `needle` (lowercase ASCII), ASCII letters compared case-insensitively.
+    static func contains(_ bytes: [UInt8], _ needle: [UInt8]) -> Bool {
         guard bytes.count >= needle.count, let first = needle.first else { return needle.isEmpty }
         var start = 0
         while start + needle.count <= bytes.count {
